@@ -1,0 +1,70 @@
+"""The few event-loop primitives aioproc needs, for whichever library is running.
+
+Everything else (task groups, cancel scopes, events, locks) comes from anyio.
+What anyio does not give cheaply is waiting on one file descriptor over and
+over: ``anyio.wait_readable`` looks the backend up, keeps a per-context table of
+waiters and re-registers the fd on each call. Pipes and pidfds are waited on
+thousands of times a second, so each stream keeps an :class:`FdWatch` made once
+by the backend that was running when the stream was created.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable
+
+__all__ = ["Backend", "FdWatch", "current_backend"]
+
+
+class FdWatch(Protocol):
+    """Readiness waits on one file descriptor, by one task at a time per direction."""
+
+    def wait_readable(self) -> Awaitable[None]:
+        """Return once the fd is readable; raise ``ClosedResourceError`` if closed meanwhile."""
+        ...
+
+    def wait_writable(self) -> Awaitable[None]:
+        """Return once the fd is writable; raise ``ClosedResourceError`` if closed meanwhile."""
+        ...
+
+    def close(self) -> None:
+        """Wake every waiter with ``ClosedResourceError``; call it before closing the fd."""
+        ...
+
+
+class Backend(Protocol):
+    """The running event loop, seen through what aioproc asks of it."""
+
+    name: str
+
+    def watch(self, fd: int) -> FdWatch:
+        """Make an :class:`FdWatch` for ``fd``, bound to the running loop."""
+        ...
+
+    def checkpoint(self) -> Awaitable[None]:
+        """Let other tasks run, and deliver a pending cancellation."""
+        ...
+
+
+def current_backend() -> Backend:
+    """Return the backend of the event loop running in this thread.
+
+    Trio is checked first because trio in guest mode runs on top of an asyncio
+    loop, and there the task belongs to trio.
+    """
+    trio = sys.modules.get("trio")
+    if trio is not None and trio.lowlevel.in_trio_task():
+        from ._trio import TrioBackend
+
+        return TrioBackend()
+    import asyncio
+
+    loop = asyncio._get_running_loop()
+    if loop is not None:
+        from ._asyncio import AsyncioBackend
+
+        return AsyncioBackend(loop)
+    raise RuntimeError("aioproc needs a running asyncio (or uvloop) or trio event loop")

@@ -1,0 +1,83 @@
+"""Fd readiness on an asyncio loop (the default loop or uvloop) through ``add_reader``.
+
+A wait registers the fd, awaits a future and unregisters it. Registration is
+two ``epoll_ctl`` calls per wait, but the streams only wait after a read or a
+write has failed with ``EAGAIN``, so under load most calls never wait at all.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from anyio import ClosedResourceError
+
+__all__ = ["AsyncioBackend", "AsyncioFdWatch"]
+
+
+def _wake(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
+class AsyncioFdWatch:
+    __slots__ = ("_fd", "_loop", "_reader", "_writer")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, fd: int) -> None:
+        self._loop = loop
+        self._fd = fd
+        self._reader: asyncio.Future[None] | None = None
+        self._writer: asyncio.Future[None] | None = None
+
+    async def wait_readable(self) -> None:
+        if self._fd < 0:
+            raise ClosedResourceError
+        future = self._reader = self._loop.create_future()
+        self._loop.add_reader(self._fd, _wake, future)
+        try:
+            await future
+        finally:
+            # After close() the fd number may already belong to somebody else:
+            # only the watch that still owns the registration removes it.
+            if self._reader is future:
+                self._reader = None
+                self._loop.remove_reader(self._fd)
+
+    async def wait_writable(self) -> None:
+        if self._fd < 0:
+            raise ClosedResourceError
+        future = self._writer = self._loop.create_future()
+        self._loop.add_writer(self._fd, _wake, future)
+        try:
+            await future
+        finally:
+            if self._writer is future:
+                self._writer = None
+                self._loop.remove_writer(self._fd)
+
+    def close(self) -> None:
+        reader, writer, self._reader, self._writer = self._reader, self._writer, None, None
+        if self._fd < 0:
+            return
+        if reader is not None:
+            self._loop.remove_reader(self._fd)
+            if not reader.done():
+                reader.set_exception(ClosedResourceError())
+        if writer is not None:
+            self._loop.remove_writer(self._fd)
+            if not writer.done():
+                writer.set_exception(ClosedResourceError())
+        self._fd = -1
+
+
+class AsyncioBackend:
+    __slots__ = ("_loop",)
+    name = "asyncio"
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+
+    def watch(self, fd: int) -> AsyncioFdWatch:
+        return AsyncioFdWatch(self._loop, fd)
+
+    async def checkpoint(self) -> None:
+        await asyncio.sleep(0)

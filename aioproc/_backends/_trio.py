@@ -1,0 +1,47 @@
+"""Fd readiness on trio, which already has the right primitives in ``trio.lowlevel``."""
+
+from __future__ import annotations
+
+import trio
+from anyio import ClosedResourceError
+
+__all__ = ["TrioBackend", "TrioFdWatch"]
+
+
+class TrioFdWatch:
+    __slots__ = ("_fd",)
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+
+    async def wait_readable(self) -> None:
+        if self._fd < 0:
+            raise ClosedResourceError
+        try:
+            await trio.lowlevel.wait_readable(self._fd)
+        except trio.ClosedResourceError:
+            raise ClosedResourceError from None
+
+    async def wait_writable(self) -> None:
+        if self._fd < 0:
+            raise ClosedResourceError
+        try:
+            await trio.lowlevel.wait_writable(self._fd)
+        except trio.ClosedResourceError:
+            raise ClosedResourceError from None
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            trio.lowlevel.notify_closing(self._fd)
+            self._fd = -1
+
+
+class TrioBackend:
+    __slots__ = ()
+    name = "trio"
+
+    def watch(self, fd: int) -> TrioFdWatch:
+        return TrioFdWatch(fd)
+
+    async def checkpoint(self) -> None:
+        await trio.lowlevel.checkpoint()
