@@ -1,0 +1,38 @@
+"""aioproc: processes for async Python, on asyncio, uvloop and trio.
+
+* :func:`open_process` starts a command with pipes you ``await``, and stops it
+  (SIGTERM, grace, SIGKILL, to its process group when asked) if you leave early;
+* :func:`run_process` runs one to completion and captures its output.
+
+Both accept what anyio's functions of the same names accept. One child
+watcher per process reaps exactly the children aioproc started: through a
+pidfd on Linux, with no thread per child.
+"""
+
+from __future__ import annotations
+
+import sys
+
+if sys.platform == "win32":  # pragma: no cover - exercised by a subprocess test
+    raise ImportError("aioproc supports POSIX systems (Linux, macOS); Windows is not supported yet")
+
+from subprocess import DEVNULL, PIPE, STDOUT
+
+from ._open_process import ProcessOpener, open_process
+from ._process import Process
+from ._run_process import run_process
+from ._streams import PipeReceiveStream, PipeSendStream
+from ._watcher import mechanism as child_watcher
+
+__all__ = [
+    "DEVNULL",
+    "PIPE",
+    "STDOUT",
+    "PipeReceiveStream",
+    "PipeSendStream",
+    "Process",
+    "ProcessOpener",
+    "child_watcher",
+    "open_process",
+    "run_process",
+]

@@ -1,0 +1,243 @@
+"""``engine="asyncio"``: the same Process API over asyncio's own subprocess support.
+
+The loop spawns the child, owns the pipe transports and reaps the child with
+its own watcher (a thread per child on 3.11, a pidfd on 3.12+, libuv's SIGCHLD
+handler under uvloop). aioproc adds what asyncio lacks: ``wait()`` returns at
+the child's exit, not when its pipes close (asyncio only wakes ``wait()`` once
+every pipe is disconnected, so a grandchild holding stdout would hang it,
+cpython#119710), and the shutdown policy of :class:`Process`.
+
+Caveat of this engine: asyncio reaps in its own time, so a group signal sent
+after the child exited cannot be made safe against pid reuse, and is skipped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import asyncio.subprocess
+import contextlib
+import os
+from typing import TYPE_CHECKING, Any
+
+from anyio import BrokenResourceError, BusyResourceError, ClosedResourceError, EndOfStream
+
+from ._process import Process
+from ._streams import PipeReceiveStream, PipeSendStream
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+
+    from ._spawn import SpawnRequest
+
+__all__ = ["AsyncioProcess", "open_asyncio_process"]
+
+_LIMIT = 1 << 16
+
+
+class _Protocol(asyncio.subprocess.SubprocessStreamProtocol):
+    def __init__(self, limit: int, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__(limit=limit, loop=loop)
+        self.exited = asyncio.Event()
+
+    def process_exited(self) -> None:
+        super().process_exited()
+        self.exited.set()
+
+
+class _ReaderStream(PipeReceiveStream):
+    def __init__(self, reader: asyncio.StreamReader, transport: asyncio.BaseTransport) -> None:
+        super().__init__()
+        self._reader = reader
+        self._transport = transport
+        self._closed = False
+
+    async def _receive(self, max_bytes: int) -> bytes:
+        if self._closed:
+            raise ClosedResourceError
+        try:
+            data = await self._reader.read(max_bytes)
+        except RuntimeError as exc:  # "read() called while another coroutine is ..."
+            raise BusyResourceError("reading from") from exc
+        if self._closed:
+            raise ClosedResourceError
+        if not data:
+            raise EndOfStream
+        return data
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._transport.close()
+            # Wake a task blocked in read(): with the transport gone, nothing would.
+            self._reader.feed_eof()
+
+
+class _WriterStream(PipeSendStream):
+    def __init__(self, writer: asyncio.StreamWriter) -> None:
+        self._writer = writer
+        self._closed = False
+
+    async def send(self, item: bytes) -> None:
+        if self._closed:
+            raise ClosedResourceError
+        try:
+            self._writer.write(item)
+            await self._writer.drain()
+        except (ConnectionResetError, BrokenPipeError, RuntimeError) as exc:
+            # uvloop raises RuntimeError for a write to a closed transport.
+            if self._closed:
+                raise ClosedResourceError from exc
+            raise BrokenResourceError("the child closed its end of the pipe") from exc
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._writer.close()
+
+
+class AsyncioProcess(Process):
+    def __init__(
+        self,
+        args: Any,
+        transport: asyncio.SubprocessTransport,
+        protocol: _Protocol,
+        *,
+        leads_group: bool,
+        grace: float,
+        deliver_cancel: Callable[[Process], Awaitable[object]] | None,
+    ) -> None:
+        super().__init__(args, leads_group=leads_group, grace=grace, deliver_cancel=deliver_cancel)
+        self._transport = transport
+        self._protocol = protocol
+        self._pid = transport.get_pid()
+
+        def pipe(fd: int) -> asyncio.BaseTransport:
+            pipe_transport = transport.get_pipe_transport(fd)
+            assert pipe_transport is not None
+            return pipe_transport
+
+        self._stdin = None if protocol.stdin is None else _WriterStream(protocol.stdin)
+        self._stdout = None if protocol.stdout is None else _ReaderStream(protocol.stdout, pipe(1))
+        self._stderr = None if protocol.stderr is None else _ReaderStream(protocol.stderr, pipe(2))
+
+    @property
+    def pid(self) -> int:
+        return self._pid
+
+    @property
+    def returncode(self) -> int | None:
+        return self._transport.get_returncode()
+
+    @property
+    def stdin(self) -> _WriterStream | None:
+        return self._stdin
+
+    @property
+    def stdout(self) -> _ReaderStream | None:
+        return self._stdout
+
+    @property
+    def stderr(self) -> _ReaderStream | None:
+        return self._stderr
+
+    async def _wait_for_exit(self) -> None:
+        await self._protocol.exited.wait()
+
+    def _signal(self, sig: int, group: bool) -> None:
+        if self.returncode is not None:
+            return
+        try:
+            if group:
+                os.killpg(self._pid, sig)
+            else:
+                self._transport.send_signal(sig)
+        except ProcessLookupError:
+            pass
+
+    def _release(self) -> None:
+        self._transport.close()
+
+
+async def open_asyncio_process(
+    command: Any,
+    request: SpawnRequest,
+    *,
+    grace: float,
+    deliver_cancel: Callable[[Process], Awaitable[object]] | None,
+) -> AsyncioProcess:
+    loop = asyncio.get_running_loop()
+
+    def factory() -> _Protocol:
+        return _Protocol(_LIMIT, loop)
+
+    options = dict(request.popen_kwargs)
+    if type(loop).__module__.startswith("uvloop"):
+        options = _uvloop_options(options)
+    stdio: dict[str, Any] = {
+        "stdin": request.stdin,
+        "stdout": request.stdout,
+        "stderr": request.stderr,
+        **options,
+    }
+    if isinstance(request.args, (str, bytes)):
+        transport, protocol = await loop.subprocess_shell(factory, request.args, **stdio)
+    else:
+        transport, protocol = await loop.subprocess_exec(factory, *request.args, **stdio)
+    return AsyncioProcess(
+        command,
+        transport,
+        protocol,
+        leads_group=request.leads_group,
+        grace=grace,
+        deliver_cancel=deliver_cancel,
+    )
+
+
+def _uvloop_options(options: dict[str, Any]) -> dict[str, Any]:
+    """Fit Popen's options to what uvloop's subprocess support takes.
+
+    uvloop ignores ``close_fds`` and rejects ``umask`` and ``process_group``. It
+    does fork (libuv has no vfork path here) and runs a ``preexec_fn`` in the
+    child, so those three are done there: the fds to close are the ones that
+    are inheritable now, because only those would survive the exec anyway.
+    """
+    unsupported = [name for name in ("user", "group", "extra_groups") if name in options]
+    if unsupported:
+        raise ValueError(
+            f"engine='asyncio' on uvloop cannot set {', '.join(unsupported)} (uvloop does not "
+            "support it); use the default engine"
+        )
+    close_fds = options.pop("close_fds", True)
+    umask = options.pop("umask", -1)
+    pgid = options.pop("process_group", None)
+    keep = {0, 1, 2, *options.get("pass_fds", ())}
+    inherited = []
+    if close_fds:
+        for name in os.listdir("/proc/self/fd" if os.path.isdir("/proc/self/fd") else "/dev/fd"):
+            fd = int(name)
+            if fd not in keep and _inheritable(fd):
+                inherited.append(fd)
+    preexec_fn = options.pop("preexec_fn", None)
+    if not (inherited or umask >= 0 or pgid is not None or preexec_fn):
+        return options
+
+    def prepare_child() -> None:
+        for fd in inherited:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        if umask >= 0:
+            os.umask(umask)
+        if pgid is not None:
+            os.setpgid(0, pgid)
+        if preexec_fn is not None:
+            preexec_fn()
+
+    options["preexec_fn"] = prepare_child
+    return options
+
+
+def _inheritable(fd: int) -> bool:
+    try:
+        return os.get_inheritable(fd)
+    except OSError:
+        return False

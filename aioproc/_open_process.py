@@ -1,0 +1,166 @@
+"""``open_process``: start a child with pipes, as anyio's function of that name does."""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Awaitable, Callable, Generator, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Literal
+
+from ._backends import current_backend
+from ._process import Process, check_grace
+from ._spawn import FileSpec, SpawnRequest, StrOrBytesPath, spawn
+
+if TYPE_CHECKING:
+    from types import TracebackType
+
+__all__ = ["ENGINES", "ProcessOpener", "open_process"]
+
+Engine = Literal["native", "asyncio"]
+ENGINES: tuple[Engine, ...] = ("native", "asyncio")
+
+
+def open_process(
+    command: StrOrBytesPath | Sequence[StrOrBytesPath],
+    *,
+    stdin: FileSpec = subprocess.PIPE,
+    stdout: FileSpec = subprocess.PIPE,
+    stderr: FileSpec = subprocess.PIPE,
+    cwd: StrOrBytesPath | None = None,
+    env: Mapping[str, str] | None = None,
+    startupinfo: Any = None,
+    creationflags: int = 0,
+    start_new_session: bool = False,
+    pass_fds: Sequence[int] = (),
+    user: str | int | None = None,
+    group: str | int | None = None,
+    extra_groups: Iterable[str | int] | None = None,
+    umask: int = -1,
+    process_group: int | None = None,
+    grace: float = 5.0,
+    deliver_cancel: Callable[[Process], Awaitable[object]] | None = None,
+    engine: Engine | None = None,
+) -> ProcessOpener:
+    """Start ``command`` in a child process and return it, with its pipes as anyio streams.
+
+    Use it in any of three ways::
+
+        async with aioproc.open_process(cmd) as process: ...
+        process = await aioproc.open_process(cmd)
+        async with await aioproc.open_process(cmd) as process: ...  # as with anyio
+
+    ``command`` is a ``str`` (or bytes, or path) to run through ``/bin/sh``, or a
+    sequence of arguments to run directly. ``stdin``, ``stdout`` and ``stderr`` each
+    take ``PIPE`` (the default), ``DEVNULL``, ``STDOUT`` (stderr only), a file
+    descriptor, a file object, or ``None`` to inherit ours. ``cwd``, ``env``,
+    ``start_new_session``, ``pass_fds``, ``user``, ``group``, ``extra_groups``,
+    ``umask`` and ``process_group`` mean what they mean to ``subprocess.Popen``.
+
+    Leaving the ``async with`` block normally closes the pipes and waits for the
+    child. Leaving it by an exception or a cancellation stops the child: stdin is
+    closed, SIGTERM is sent, and after ``grace`` seconds SIGKILL; both go to the
+    whole process group when the child leads one (``process_group=0`` or
+    ``start_new_session=True``). ``deliver_cancel``, an async callable taking the
+    process, replaces that SIGTERM-then-SIGKILL step, as in ``trio.run_process``.
+
+    ``engine="asyncio"`` runs the same API over asyncio's own subprocess support
+    (libuv under uvloop); it needs an asyncio loop. The default is ``"native"``,
+    aioproc's own pipes and child watcher, on every backend.
+    """
+    return ProcessOpener(
+        command,
+        dict(
+            stdin=stdin,
+            stdout=stdout,
+            stderr=stderr,
+            cwd=cwd,
+            env=env,
+            startupinfo=startupinfo,
+            creationflags=creationflags,
+            start_new_session=start_new_session,
+            pass_fds=pass_fds,
+            user=user,
+            group=group,
+            extra_groups=extra_groups,
+            umask=umask,
+            process_group=process_group,
+        ),
+        grace=grace,
+        deliver_cancel=deliver_cancel,
+        engine=engine,
+    )
+
+
+class ProcessOpener:
+    """What :func:`open_process` returns: await it, or use it with ``async with``."""
+
+    __slots__ = ("_command", "_deliver_cancel", "_engine", "_grace", "_options", "_process")
+
+    def __init__(
+        self,
+        command: object,
+        options: dict[str, Any],
+        *,
+        grace: float,
+        deliver_cancel: Callable[[Process], Awaitable[object]] | None,
+        engine: Engine | None,
+    ) -> None:
+        self._command = command
+        self._options = options
+        self._grace = grace
+        self._deliver_cancel = deliver_cancel
+        self._engine = engine
+        self._process: Process | None = None
+
+    def __await__(self) -> Generator[Any, None, Process]:
+        return self._open().__await__()
+
+    async def __aenter__(self) -> Process:
+        self._process = await self._open()
+        return self._process
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc_val: BaseException | None,
+        exc_tb: TracebackType | None,
+    ) -> None:
+        assert self._process is not None
+        await self._process.__aexit__(exc_type, exc_val, exc_tb)
+
+    async def _open(self) -> Process:
+        grace = check_grace(self._grace)
+        if self._deliver_cancel is not None and not callable(self._deliver_cancel):
+            raise TypeError(
+                f"deliver_cancel must be an async callable, not {self._deliver_cancel!r}"
+            )
+        engine = self._engine or "native"
+        if engine not in ENGINES:
+            choices = ", ".join(map(repr, ENGINES))
+            raise ValueError(f"engine must be one of {choices}, not {engine!r}")
+        request = SpawnRequest(self._command, **self._options)
+        backend = current_backend()
+        if engine == "asyncio":
+            if backend.name != "asyncio":
+                raise RuntimeError(
+                    f"engine='asyncio' needs an asyncio event loop, but this is {backend.name}; "
+                    "use the default engine"
+                )
+            from ._asyncio_engine import open_asyncio_process
+
+            return await open_asyncio_process(
+                self._command, request, grace=grace, deliver_cancel=self._deliver_cancel
+            )
+
+        from ._native import NativeProcess
+
+        # The last point where a cancellation can arrive: once the child exists,
+        # nothing awaits until the caller holds the Process that owns it.
+        await backend.checkpoint()
+        return NativeProcess(
+            self._command,
+            spawn(request),
+            backend,
+            leads_group=request.leads_group,
+            grace=grace,
+            deliver_cancel=self._deliver_cancel,
+        )

@@ -1,0 +1,223 @@
+"""The public :class:`Process`: what every engine offers, and how a child is stopped.
+
+An engine (``_native.py``, ``_asyncio_engine.py``) supplies the mechanism: the
+pipes, how to learn that the child exited, how to signal it and how to let it
+go. This module holds the policy that must not differ between engines: what
+``wait()``, ``aclose()`` and leaving an ``async with`` block do, and the
+shutdown sequence (close stdin, SIGTERM, ``grace`` seconds, SIGKILL, reap).
+"""
+
+from __future__ import annotations
+
+import math
+import signal
+import warnings
+from abc import abstractmethod
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import anyio.abc
+from anyio import CancelScope, create_task_group, move_on_after
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+    from types import TracebackType
+
+    from ._streams import PipeReceiveStream, PipeSendStream
+
+__all__ = ["Process", "check_grace"]
+
+
+def check_grace(grace: float) -> float:
+    if isinstance(grace, bool) or not isinstance(grace, (int, float)) or math.isnan(grace):
+        raise TypeError(f"grace must be a number of seconds, not {grace!r}")
+    if grace < 0:
+        raise ValueError(f"grace must be >= 0 seconds, not {grace!r}")
+    return float(grace)
+
+
+class Process(anyio.abc.Process):
+    """A child process started by :func:`aioproc.open_process`.
+
+    It is an ``anyio.abc.Process``, so code typed against anyio accepts it. On
+    top of that:
+
+    * :meth:`wait` returns as soon as the child exits, even while a grandchild
+      still holds its pipes open;
+    * leaving ``async with`` by an exception or a cancellation *stops* the child
+      (:meth:`stop`) instead of just waiting for it;
+    * signals can go to the child's whole process group when it leads one.
+    """
+
+    def __init__(
+        self,
+        args: Any,
+        *,
+        leads_group: bool,
+        grace: float,
+        deliver_cancel: Callable[[Process], Awaitable[object]] | None,
+    ) -> None:
+        self.args = args
+        """The command as it was given to :func:`open_process`."""
+        self._leads_group = leads_group
+        self._grace = grace
+        self._deliver_cancel = deliver_cancel
+
+    def __repr__(self) -> str:
+        name = type(self).__name__
+        return f"<{name} pid={self.pid} returncode={self.returncode} args={self.args!r}>"
+
+    # -- the mechanism each engine supplies -------------------------------------------
+
+    @property
+    @abstractmethod
+    def stdin(self) -> PipeSendStream | None: ...
+
+    @property
+    @abstractmethod
+    def stdout(self) -> PipeReceiveStream | None: ...
+
+    @property
+    @abstractmethod
+    def stderr(self) -> PipeReceiveStream | None: ...
+
+    @abstractmethod
+    async def _wait_for_exit(self) -> None:
+        """Return once the child has exited and ``returncode`` is set."""
+
+    @abstractmethod
+    def _signal(self, sig: int, group: bool) -> None:
+        """Send ``sig`` unless the child is already gone (no-op then)."""
+
+    @abstractmethod
+    def _release(self) -> None:
+        """Reap the child if it has exited (else orphan it) and free the watch on it."""
+
+    # -- the public API ---------------------------------------------------------------
+
+    @property
+    def leads_group(self) -> bool:
+        """Whether the child leads its own process group (``process_group=0`` or a new session)."""
+        return self._leads_group
+
+    async def wait(self) -> int:
+        """Wait until the child exits, and return its return code.
+
+        It does not wait for the pipes: a grandchild that inherited stdout does
+        not hold this up.
+        """
+        returncode = self.returncode
+        if returncode is None:
+            await self._wait_for_exit()
+            returncode = self.returncode
+            assert returncode is not None
+        else:
+            await anyio.lowlevel.checkpoint()
+        return returncode
+
+    def send_signal(self, signal: int, *, group: bool = False) -> None:
+        """Send ``signal`` to the child, or with ``group=True`` to the group it leads.
+
+        It does nothing once the child has exited: its pid may belong to another
+        process by then. The group can be signalled until the child is released.
+        """
+        if group and not self._leads_group:
+            raise ValueError(
+                f"process {self.pid} does not lead a process group: start it with "
+                "process_group=0 or start_new_session=True to signal its group"
+            )
+        self._signal(signal, group)
+
+    def terminate(self, *, group: bool = False) -> None:
+        """Send SIGTERM (to the process group with ``group=True``)."""
+        self.send_signal(signal.SIGTERM, group=group)
+
+    def kill(self, *, group: bool = False) -> None:
+        """Send SIGKILL (to the process group with ``group=True``)."""
+        self.send_signal(signal.SIGKILL, group=group)
+
+    async def aclose(self) -> None:
+        """Close the pipes, then wait for the child to exit, as anyio's ``aclose()`` does.
+
+        Closing stdout and stderr first lets a child blocked on a full pipe fail
+        its write and exit. If this is cancelled while waiting, the child is
+        stopped as by :meth:`stop`, and reaped, before the cancellation goes on.
+        """
+        self._close_streams()
+        try:
+            await self.wait()
+        except BaseException:
+            await self.stop()
+            raise
+        self._release()
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Stop the child now, and reap it: what leaving ``async with`` by an error does.
+
+        Shielded from cancellation. Unless ``deliver_cancel`` was given to
+        ``open_process``: close stdin, send SIGTERM (to the process group if the
+        child leads one), wait ``grace`` seconds (default: the ``grace`` given to
+        ``open_process``), then send SIGKILL. Once the child is gone, whatever is
+        left in its process group gets SIGKILL too.
+        """
+        grace = self._grace if grace is None else check_grace(grace)
+        with CancelScope(shield=True):
+            if self.stdin is not None:
+                await self.stdin.aclose()
+            if self.returncode is None:
+                if self._deliver_cancel is None:
+                    await self._terminate_then_kill(grace)
+                else:
+                    await self._run_deliver_cancel(self._deliver_cancel)
+            if self._leads_group:
+                self._signal(signal.SIGKILL, True)
+            self._close_streams()
+            self._release()
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc_val: BaseException | None,
+        exc_tb: TracebackType | None,
+    ) -> None:
+        if exc_type is None:
+            await self.aclose()
+        else:
+            await self.stop()
+
+    # -- shutdown ---------------------------------------------------------------------
+
+    async def _terminate_then_kill(self, grace: float) -> None:
+        self._signal(signal.SIGTERM, self._leads_group)
+        if grace > 0:
+            with move_on_after(grace):
+                await self._wait_for_exit()
+        if self.returncode is None:
+            self._signal(signal.SIGKILL, self._leads_group)
+            await self._wait_for_exit()
+
+    async def _run_deliver_cancel(
+        self, deliver_cancel: Callable[[Process], Awaitable[object]]
+    ) -> None:
+        # As in trio's run_process: the hook runs while we wait for the exit, and
+        # is cancelled once the child is gone. If it fails, the child is killed.
+        async def deliver() -> None:
+            try:
+                await deliver_cancel(self)
+            except Exception as exc:
+                warnings.warn(
+                    f"deliver_cancel failed on {self!r} ({exc!r}); killing it instead",
+                    RuntimeWarning,
+                    stacklevel=1,
+                )
+                self._signal(signal.SIGKILL, self._leads_group)
+
+        async with create_task_group() as tg:
+            tg.start_soon(deliver)
+            await self._wait_for_exit()
+            tg.cancel_scope.cancel()
+
+    def _close_streams(self) -> None:
+        for stream in (self.stdin, self.stdout, self.stderr):
+            if stream is not None:
+                stream.close()

@@ -1,0 +1,247 @@
+"""A child's stdin, stdout and stderr as anyio byte streams.
+
+:class:`PipeReceiveStream` and :class:`PipeSendStream` are the public types:
+anyio's ``ByteReceiveStream`` and ``ByteSendStream`` plus line iteration and
+read-to-EOF. The classes that do the work on our own non-blocking pipe fds live
+here too; the asyncio engine brings its own.
+
+Reads try the fd first and wait for readiness only on ``EAGAIN``, so a busy
+pipe costs one ``read`` per chunk and no event-loop round trip. A reader that
+keeps finding data would then never yield; every :data:`_YIELD_EVERY`-th call
+in a row that did not wait lets other tasks run first.
+"""
+
+from __future__ import annotations
+
+import os
+from abc import abstractmethod
+from typing import TYPE_CHECKING
+
+import anyio.lowlevel
+from anyio import BrokenResourceError, BusyResourceError, ClosedResourceError, EndOfStream
+from anyio.abc import ByteReceiveStream, ByteSendStream
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+
+    from ._backends import Backend
+
+__all__ = ["FdReceiveStream", "FdSendStream", "PipeReceiveStream", "PipeSendStream"]
+
+_CHUNK = 65536
+_YIELD_EVERY = 16
+
+
+class PipeReceiveStream(ByteReceiveStream):
+    """The receiving end of a pipe from a child (its stdout or stderr).
+
+    Besides anyio's ``receive()`` and ``async for chunk in stream``, it reads
+    whole lines with :meth:`lines` and everything up to EOF with :meth:`read_all`.
+    Bytes read ahead while looking for a line end are kept and returned by the
+    next call of any of these, so mixing them loses nothing.
+    """
+
+    def __init__(self) -> None:
+        self._pending = bytearray()
+
+    async def receive(self, max_bytes: int = _CHUNK) -> bytes:
+        if max_bytes < 1:
+            raise ValueError(f"max_bytes must be a positive integer, not {max_bytes!r}")
+        if self._pending:
+            chunk = bytes(self._pending[:max_bytes])
+            del self._pending[:max_bytes]
+            return chunk
+        return await self._receive(max_bytes)
+
+    @abstractmethod
+    async def _receive(self, max_bytes: int) -> bytes:
+        """Read up to ``max_bytes`` from the pipe itself."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Close the pipe now; a task waiting to read gets ``ClosedResourceError``."""
+
+    async def aclose(self) -> None:
+        self.close()
+        await anyio.lowlevel.checkpoint()
+
+    def lines(self) -> AsyncIterator[bytes]:
+        """Iterate over lines, each ending with ``b"\\n"`` except perhaps the last one."""
+        return _Lines(self)
+
+    async def read_all(self) -> bytes:
+        """Read until EOF and return everything.
+
+        If cancelled, what was read so far is kept for the next read.
+        """
+        chunks = [bytes(self._pending)]
+        self._pending.clear()
+        try:
+            while True:
+                chunks.append(await self._receive(_CHUNK))
+        except EndOfStream:
+            return b"".join(chunks)
+        except BaseException:
+            self._pending[0:0] = b"".join(chunks)
+            raise
+
+    async def _readline(self) -> bytes:
+        pending = self._pending
+        searched = 0
+        while True:
+            end = pending.find(b"\n", searched)
+            if end >= 0:
+                line = bytes(pending[: end + 1])
+                del pending[: end + 1]
+                return line
+            searched = len(pending)
+            try:
+                pending += await self._receive(_CHUNK)
+            except EndOfStream:
+                line = bytes(pending)
+                pending.clear()
+                return line
+
+
+class _Lines:
+    """Line iterator that keeps its state in the stream, so ``break`` loses nothing."""
+
+    __slots__ = ("_stream",)
+
+    def __init__(self, stream: PipeReceiveStream) -> None:
+        self._stream = stream
+
+    def __aiter__(self) -> _Lines:
+        return self
+
+    async def __anext__(self) -> bytes:
+        line = await self._stream._readline()
+        if not line:
+            raise StopAsyncIteration
+        return line
+
+
+class PipeSendStream(ByteSendStream):
+    """The sending end of a pipe to a child (its stdin); closing it sends EOF."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Close the pipe now, which the child reads as EOF."""
+
+    async def aclose(self) -> None:
+        self.close()
+        await anyio.lowlevel.checkpoint()
+
+
+class FdReceiveStream(PipeReceiveStream):
+    """Reads a non-blocking pipe fd that this stream owns."""
+
+    def __init__(self, fd: int, backend: Backend) -> None:
+        super().__init__()
+        self._fd = fd
+        self._backend = backend
+        self._watch = backend.watch(fd)
+        self._busy = False
+        self._streak = 0
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} fd={self._fd}>"
+
+    async def _receive(self, max_bytes: int) -> bytes:
+        if self._busy:
+            raise BusyResourceError("reading from")
+        self._busy = True
+        try:
+            if self._streak >= _YIELD_EVERY:
+                self._streak = 0
+                await self._backend.checkpoint()
+            while True:
+                if self._fd < 0:
+                    raise ClosedResourceError
+                try:
+                    data = os.read(self._fd, max_bytes)
+                except BlockingIOError:
+                    self._streak = 0
+                    await self._watch.wait_readable()
+                    continue
+                except OSError as exc:
+                    raise BrokenResourceError(f"reading from the pipe failed: {exc}") from exc
+                self._streak += 1
+                if not data:
+                    raise EndOfStream
+                return data
+        finally:
+            self._busy = False
+
+    async def aclose(self) -> None:
+        self.close()
+        await self._backend.checkpoint()
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            self._watch.close()
+            fd, self._fd = self._fd, -1
+            os.close(fd)
+
+    def __del__(self) -> None:
+        # No event loop may be running now: close the fd alone. Process.__del__
+        # is the one that warns about resources left open.
+        if getattr(self, "_fd", -1) >= 0:
+            os.close(self._fd)
+
+
+class FdSendStream(PipeSendStream):
+    """Writes a non-blocking pipe fd that this stream owns."""
+
+    def __init__(self, fd: int, backend: Backend) -> None:
+        self._fd = fd
+        self._backend = backend
+        self._watch = backend.watch(fd)
+        self._busy = False
+        self._streak = 0
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} fd={self._fd}>"
+
+    async def send(self, item: bytes) -> None:
+        if self._busy:
+            raise BusyResourceError("writing to")
+        self._busy = True
+        try:
+            if self._streak >= _YIELD_EVERY:
+                self._streak = 0
+                await self._backend.checkpoint()
+            view = memoryview(item).cast("B")
+            while True:
+                if self._fd < 0:
+                    raise ClosedResourceError
+                try:
+                    written = os.write(self._fd, view)
+                except BlockingIOError:
+                    self._streak = 0
+                    await self._watch.wait_writable()
+                    continue
+                except BrokenPipeError as exc:
+                    raise BrokenResourceError("the child closed its end of the pipe") from exc
+                except OSError as exc:
+                    raise BrokenResourceError(f"writing to the pipe failed: {exc}") from exc
+                if written == len(view):
+                    self._streak += 1
+                    return
+                view = view[written:]
+        finally:
+            self._busy = False
+
+    async def aclose(self) -> None:
+        self.close()
+        await self._backend.checkpoint()
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            self._watch.close()
+            fd, self._fd = self._fd, -1
+            os.close(fd)
+
+    def __del__(self) -> None:
+        if getattr(self, "_fd", -1) >= 0:
+            os.close(self._fd)
