@@ -1,0 +1,67 @@
+"""What the tests inspect: fds, children, threads, and a few tiny child programs."""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+
+PY = sys.executable
+
+
+def open_fds() -> set[int]:
+    """The fds open in this process (without the one listdir itself uses)."""
+    fds = {int(name) for name in os.listdir("/proc/self/fd")}
+    return {fd for fd in fds if _is_open(fd)}
+
+
+def _is_open(fd: int) -> bool:
+    try:
+        os.fstat(fd)
+    except OSError:
+        return False
+    return True
+
+
+def children_of_us() -> dict[int, str]:
+    """Our direct children, by pid, with their state (``Z`` for a zombie)."""
+    me = os.getpid()
+    found = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        # The command name is in parentheses and may contain spaces.
+        fields = stat[stat.rindex(")") + 2 :].split()
+        state, ppid = fields[0], int(fields[1])
+        if ppid == me:
+            found[int(entry)] = state
+    return found
+
+
+def thread_count() -> int:
+    """Threads of this process, as the kernel counts them."""
+    return len(os.listdir("/proc/self/task"))
+
+
+def python_threads() -> int:
+    return threading.active_count()
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether ``pid`` exists and is not a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            stat = f.read()
+    except OSError:
+        return False
+    return stat[stat.rindex(")") + 2] != "Z"
+
+
+def py(code: str) -> list[str]:
+    """A command running ``code`` in a fresh Python."""
+    return [PY, "-c", code]
