@@ -179,10 +179,21 @@ async def open_asyncio_process(
         "stderr": request.stderr,
         **options,
     }
-    if isinstance(request.args, (str, bytes)):
-        transport, protocol = await loop.subprocess_shell(factory, request.args, **stdio)
-    else:
-        transport, protocol = await loop.subprocess_exec(factory, *request.args, **stdio)
+    try:
+        if isinstance(request.args, (str, bytes)):
+            transport, protocol = await loop.subprocess_shell(factory, request.args, **stdio)
+        else:
+            transport, protocol = await loop.subprocess_exec(factory, *request.args, **stdio)
+    except OSError as exc:
+        if exc.filename is not None or exc.errno is None:
+            raise
+        # uvloop's errors do not say what was missing; Popen's do.
+        cwd = request.popen_kwargs.get("cwd")
+        if cwd is not None and not os.path.isdir(cwd):  # noqa: ASYNC240 - error path only
+            culprit = cwd
+        else:
+            culprit = request.args if request.shell else request.args[0]
+        raise type(exc)(exc.errno, exc.strerror, culprit) from exc
     return AsyncioProcess(
         command,
         transport,

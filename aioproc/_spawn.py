@@ -73,6 +73,18 @@ def _check_file(name: str, value: object) -> None:
         )
 
 
+def _check_env(env: object) -> None:
+    if not isinstance(env, Mapping):
+        raise TypeError(f"env must be a mapping of str to str, not {type(env).__name__}")
+    for key, value in env.items():
+        if not isinstance(key, (str, bytes)):
+            raise TypeError(f"env keys must be str or bytes, not {type(key).__name__}: {key!r}")
+        if not isinstance(value, (str, bytes)):
+            raise TypeError(
+                f"env[{key!r}] must be str or bytes, not {type(value).__name__}: {value!r}"
+            )
+
+
 class SpawnedChild:
     """What :func:`spawn` started: the pid and our ends of its pipes (or ``None``)."""
 
@@ -121,6 +133,8 @@ class SpawnRequest:
             raise ValueError(
                 f"process_group must be a non-negative int or None, not {process_group!r}"
             )
+        if env is not None:
+            _check_env(env)
         self.leads_group = bool(start_new_session) or process_group == 0
         kwargs: dict[str, Any] = {
             "cwd": cwd,
