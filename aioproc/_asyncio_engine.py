@@ -58,6 +58,8 @@ class _ReaderStream(PipeReceiveStream):
             data = await self._reader.read(max_bytes)
         except RuntimeError as exc:  # "read() called while another coroutine is ..."
             raise BusyResourceError("reading from") from exc
+        except ClosedResourceError:
+            raise ClosedResourceError from None
         if self._closed:
             raise ClosedResourceError
         if not data:
@@ -69,7 +71,8 @@ class _ReaderStream(PipeReceiveStream):
             self._closed = True
             self._transport.close()
             # Wake a task blocked in read(): with the transport gone, nothing would.
-            self._reader.feed_eof()
+            # (Not feed_eof(): uvloop may still deliver data read before the close.)
+            self._reader.set_exception(ClosedResourceError())
 
 
 class _WriterStream(PipeSendStream):
