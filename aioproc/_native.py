@@ -50,7 +50,8 @@ class NativeProcess(Process):
                     stream.close()
             raise
         self._exit_watch = backend.watch(self._child.exit_fd)
-        self._wait_lock: anyio.Lock | None = None
+        self._watching = False  # a task is waiting on the exit fd
+        self._watch_ended: anyio.Event | None = None  # what the other waiters wait on
 
     @property
     def pid(self) -> int:
@@ -74,20 +75,28 @@ class NativeProcess(Process):
         return self._stderr
 
     async def _wait_for_exit(self) -> None:
-        # One task at a time may wait on the exit fd; the others queue here, and
-        # if the waiting one is cancelled the next takes over.
-        if self._wait_lock is None:
-            self._wait_lock = anyio.Lock()
-        async with self._wait_lock:
-            child = self._child
-            if child.returncode is not None:
-                return
-            # ClosedResourceError: released meanwhile, which means reaped (or abandoned).
-            with contextlib.suppress(anyio.ClosedResourceError):
-                await self._exit_watch.wait_readable()
-            child.wait_status()
-            if not child.anchors_group:
-                self._release()
+        # One task at a time waits on the exit fd. The others wait for it to be
+        # done; if it was cancelled instead, one of them takes over.
+        child = self._child
+        while child.returncode is None:
+            if self._watching:
+                if self._watch_ended is None:
+                    self._watch_ended = anyio.Event()
+                await self._watch_ended.wait()
+                continue
+            self._watching = True
+            try:
+                # ClosedResourceError: released meanwhile, so reaped (or abandoned).
+                with contextlib.suppress(anyio.ClosedResourceError):
+                    await self._exit_watch.wait_readable()
+                child.wait_status()
+                if not child.anchors_group:
+                    self._release()
+            finally:
+                self._watching = False
+                if self._watch_ended is not None:
+                    self._watch_ended.set()
+                    self._watch_ended = None
 
     def _signal(self, sig: int, group: bool) -> None:
         self._child.send_signal(sig, group=group)

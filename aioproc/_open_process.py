@@ -154,8 +154,9 @@ class ProcessOpener:
         from ._native import NativeProcess
 
         # The last point where a cancellation can arrive: once the child exists,
-        # nothing awaits until the caller holds the Process that owns it.
-        await backend.checkpoint()
+        # nothing awaits until the caller holds the Process that owns it. (No
+        # yield here: the first wait on the child's pipes or exit will yield.)
+        await backend.checkpoint_if_cancelled()
         return NativeProcess(
             self._command,
             spawn(request),

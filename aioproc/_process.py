@@ -144,11 +144,12 @@ class Process(anyio.abc.Process):
         stopped as by :meth:`stop`, and reaped, before the cancellation goes on.
         """
         self._close_streams()
-        try:
-            await self.wait()
-        except BaseException:
-            await self.stop()
-            raise
+        if self.returncode is None:
+            try:
+                await self._wait_for_exit()
+            except BaseException:
+                await self.stop()
+                raise
         self._release()
 
     async def stop(self, grace: float | None = None) -> None:

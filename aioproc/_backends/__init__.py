@@ -10,8 +10,11 @@ by the backend that was running when the stream was created.
 
 from __future__ import annotations
 
+import asyncio
 import sys
 from typing import TYPE_CHECKING, Protocol
+
+from ._asyncio import AsyncioBackend
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable
@@ -48,6 +51,10 @@ class Backend(Protocol):
         """Let other tasks run, and deliver a pending cancellation."""
         ...
 
+    def checkpoint_if_cancelled(self) -> Awaitable[None]:
+        """Deliver a pending cancellation, without letting other tasks run."""
+        ...
+
 
 def current_backend() -> Backend:
     """Return the backend of the event loop running in this thread.
@@ -60,11 +67,7 @@ def current_backend() -> Backend:
         from ._trio import TrioBackend
 
         return TrioBackend()
-    import asyncio
-
     loop = asyncio._get_running_loop()
     if loop is not None:
-        from ._asyncio import AsyncioBackend
-
         return AsyncioBackend(loop)
     raise RuntimeError("aioproc needs a running asyncio (or uvloop) or trio event loop")

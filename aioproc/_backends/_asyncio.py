@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 
+import anyio.lowlevel
 from anyio import ClosedResourceError
 
 __all__ = ["AsyncioBackend", "AsyncioFdWatch"]
@@ -81,3 +82,7 @@ class AsyncioBackend:
 
     async def checkpoint(self) -> None:
         await asyncio.sleep(0)
+
+    async def checkpoint_if_cancelled(self) -> None:
+        # anyio knows its own cancel scopes; asking it costs a dict lookup.
+        await anyio.lowlevel.checkpoint_if_cancelled()

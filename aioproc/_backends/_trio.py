@@ -45,3 +45,6 @@ class TrioBackend:
 
     async def checkpoint(self) -> None:
         await trio.lowlevel.checkpoint()
+
+    async def checkpoint_if_cancelled(self) -> None:
+        await trio.lowlevel.checkpoint_if_cancelled()
