@@ -19,6 +19,7 @@ import contextlib
 import os
 from typing import TYPE_CHECKING, Any
 
+import anyio.lowlevel
 from anyio import BrokenResourceError, BusyResourceError, ClosedResourceError, EndOfStream
 
 from ._process import Process
@@ -182,11 +183,17 @@ async def open_asyncio_process(
         "stderr": request.stderr,
         **options,
     }
+    await anyio.lowlevel.checkpoint_if_cancelled()
     try:
-        if isinstance(request.args, (str, bytes)):
-            transport, protocol = await loop.subprocess_shell(factory, request.args, **stdio)
-        else:
-            transport, protocol = await loop.subprocess_exec(factory, *request.args, **stdio)
+        # Shielded: cancelled half-way, asyncio kills the child and awaits its
+        # exit, but anyio keeps cancelling that await too, and the transport and
+        # the child are left behind. So the spawn completes, and a cancellation
+        # that came meanwhile stops the child below.
+        with anyio.CancelScope(shield=True):
+            if isinstance(request.args, (str, bytes)):
+                transport, protocol = await loop.subprocess_shell(factory, request.args, **stdio)
+            else:
+                transport, protocol = await loop.subprocess_exec(factory, *request.args, **stdio)
     except OSError as exc:
         if exc.filename is not None or exc.errno is None:
             raise
@@ -197,7 +204,7 @@ async def open_asyncio_process(
         else:
             culprit = request.args if request.shell else request.args[0]
         raise type(exc)(exc.errno, exc.strerror, culprit) from exc
-    return AsyncioProcess(
+    process = AsyncioProcess(
         command,
         transport,
         protocol,
@@ -205,6 +212,12 @@ async def open_asyncio_process(
         grace=grace,
         deliver_cancel=deliver_cancel,
     )
+    try:
+        await anyio.lowlevel.checkpoint_if_cancelled()
+    except BaseException:
+        await process.stop()
+        raise
+    return process
 
 
 def _uvloop_options(options: dict[str, Any]) -> dict[str, Any]:
