@@ -1,50 +1,63 @@
 """The portable fallback: one thread per child, blocked in ``waitid(WNOWAIT)``.
 
 ``WNOWAIT`` leaves the child a zombie, so the pid stays ours until we reap it
-and signalling it stays safe. The thread then closes the write end of a pipe:
-the read end turns readable (EOF), which every event loop can wait for, so the
-rest of aioproc treats this exactly like a pidfd. This is the pattern of
-``trio/_subprocess_platform/waitid.py``.
+and signalling it stays safe. The thread then makes an fd readable, which every
+event loop can wait for, so the rest of aioproc treats this exactly like a
+pidfd. This is the pattern of ``trio/_subprocess_platform/waitid.py``.
+
+The fd is an eventfd where there is one (a single fd per child matters with
+thousands of children), else the read end of a pipe whose write end the
+thread closes.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 
 __all__ = ["ThreadNotifier"]
 
 
-def _wait_then_close(pid: int, write_fd: int) -> None:
-    try:
+def _wait_for_exit(pid: int) -> None:
+    # ChildProcessError: already reaped (by us through poll(), or stolen). The
+    # waiter must be woken anyway.
+    with contextlib.suppress(ChildProcessError):
         os.waitid(os.P_PID, pid, os.WEXITED | os.WNOWAIT)
-    except ChildProcessError:
-        pass  # already reaped (by us through poll(), or stolen): wake the waiter anyway
-    finally:
-        os.close(write_fd)
 
 
 class ThreadNotifier:
-    __slots__ = ("_pid", "_read_fd")
+    __slots__ = ("_fd", "_lock", "_pid", "_write_fd")
 
     def __init__(self, pid: int) -> None:
-        read_fd, write_fd = os.pipe()
-        try:
-            threading.Thread(
-                target=_wait_then_close,
-                args=(pid, write_fd),
-                name=f"aioproc waitid({pid})",
-                daemon=True,
-            ).start()
-        except BaseException:
-            os.close(read_fd)
-            os.close(write_fd)
-            raise
         self._pid = pid
-        self._read_fd = read_fd
+        self._lock = threading.Lock()
+        if hasattr(os, "eventfd"):
+            self._fd = os.eventfd(0, os.EFD_CLOEXEC)
+            self._write_fd = -1
+        else:
+            self._fd, self._write_fd = os.pipe()
+        try:
+            threading.Thread(target=self._run, name=f"aioproc waitid({pid})", daemon=True).start()
+        except BaseException:
+            self.close()
+            if self._write_fd >= 0:
+                os.close(self._write_fd)
+            raise
+
+    def _run(self) -> None:
+        _wait_for_exit(self._pid)
+        if self._write_fd >= 0:
+            os.close(self._write_fd)
+            return
+        # The lock orders this write before close(): once closed, the fd number
+        # may already name someone else's file.
+        with self._lock:
+            if self._fd >= 0:
+                os.eventfd_write(self._fd, 1)
 
     def fileno(self) -> int:
-        return self._read_fd
+        return self._fd
 
     def send_signal(self, sig: int) -> None:
         # Safe without a pidfd: the caller only signals while the child is not
@@ -52,6 +65,7 @@ class ThreadNotifier:
         os.kill(self._pid, sig)
 
     def close(self) -> None:
-        if self._read_fd >= 0:
-            os.close(self._read_fd)
-            self._read_fd = -1
+        with self._lock:
+            if self._fd >= 0:
+                os.close(self._fd)
+                self._fd = -1
