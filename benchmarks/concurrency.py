@@ -44,6 +44,7 @@ from ._core import (
 )
 
 CMD = ["/bin/sleep", "0.2"]
+WARMUP_CMD = ["/bin/true"]
 NULL = subprocess.DEVNULL
 
 
@@ -91,8 +92,8 @@ def _fds() -> int:
     return len(os.listdir("/proc/self/fd")) - 1
 
 
-def _async_child(impl: Impl) -> Callable[[], Awaitable[None]]:
-    """Return a coroutine function that runs one child to its exit."""
+def _async_child(impl: Impl, cmd: list[str]) -> Callable[[], Awaitable[None]]:
+    """Return a coroutine function that runs one ``cmd`` to its exit."""
     if impl.api in (AIOPROC, AIOPROC_ASYNCIO_ENGINE):
         import aioproc
 
@@ -100,7 +101,7 @@ def _async_child(impl: Impl) -> Callable[[], Awaitable[None]]:
 
         async def aioproc_child() -> None:
             async with aioproc.open_process(
-                CMD, stdin=NULL, stdout=NULL, stderr=NULL, engine=engine
+                cmd, stdin=NULL, stdout=NULL, stderr=NULL, engine=engine
             ) as process:
                 await process.wait()
 
@@ -110,7 +111,7 @@ def _async_child(impl: Impl) -> Callable[[], Awaitable[None]]:
 
         async def asyncio_child() -> None:
             process = await asyncio.create_subprocess_exec(
-                *CMD, stdin=NULL, stdout=NULL, stderr=NULL
+                *cmd, stdin=NULL, stdout=NULL, stderr=NULL
             )
             await process.wait()
 
@@ -119,7 +120,7 @@ def _async_child(impl: Impl) -> Callable[[], Awaitable[None]]:
         import trio
 
         async def trio_open_child() -> None:
-            process = await trio.lowlevel.open_process(CMD, stdin=NULL, stdout=NULL, stderr=NULL)
+            process = await trio.lowlevel.open_process(cmd, stdin=NULL, stdout=NULL, stderr=NULL)
             await process.wait()
 
         return trio_open_child
@@ -127,7 +128,7 @@ def _async_child(impl: Impl) -> Callable[[], Awaitable[None]]:
         import trio
 
         async def trio_run_child() -> None:
-            await trio.run_process(CMD, stdin=NULL, stdout=NULL, stderr=NULL)
+            await trio.run_process(cmd, stdin=NULL, stdout=NULL, stderr=NULL)
 
         return trio_run_child
     if impl.api == ANYIO_OPEN:
@@ -135,7 +136,7 @@ def _async_child(impl: Impl) -> Callable[[], Awaitable[None]]:
 
         async def anyio_open_child() -> None:
             async with await anyio.open_process(
-                CMD, stdin=NULL, stdout=NULL, stderr=NULL
+                cmd, stdin=NULL, stdout=NULL, stderr=NULL
             ) as process:
                 await process.wait()
 
@@ -144,7 +145,7 @@ def _async_child(impl: Impl) -> Callable[[], Awaitable[None]]:
         import anyio
 
         async def anyio_run_child() -> None:
-            await anyio.run_process(CMD, stdin=NULL, stdout=NULL, stderr=NULL)
+            await anyio.run_process(cmd, stdin=NULL, stdout=NULL, stderr=NULL)
 
         return anyio_run_child
     raise LookupError(impl.name)
@@ -163,16 +164,16 @@ async def _all_at_once(loop: str, n: int, child: Callable[[], Awaitable[None]]) 
         await asyncio.gather(*(child() for _ in range(n)))
 
 
-def _blocking(impl: Impl, n: int) -> None:
+def _blocking(impl: Impl, n: int, cmd: list[str]) -> None:
     if impl == LIMIT_POPEN:
-        children = [subprocess.Popen(CMD, stdin=NULL, stdout=NULL, stderr=NULL) for _ in range(n)]
+        children = [subprocess.Popen(cmd, stdin=NULL, stdout=NULL, stderr=NULL) for _ in range(n)]
         for process in children:
             process.wait()
         return
     null = devnull()
     actions = [(os.POSIX_SPAWN_DUP2, null, target) for target in range(3)]
     try:
-        pids = [os.posix_spawn(CMD[0], CMD, os.environ, file_actions=actions) for _ in range(n)]
+        pids = [os.posix_spawn(cmd[0], cmd, os.environ, file_actions=actions) for _ in range(n)]
     finally:
         os.close(null)
     for pid in pids:
@@ -183,17 +184,18 @@ def run(impl: Impl, params: dict[str, Any]) -> dict[str, float]:
     n: int = params["n"]
     raise_fd_limit()
     if impl.loop is None:
-        _blocking(impl, 1)  # warm up, as the async rows do below
+        _blocking(impl, 1, WARMUP_CMD)  # warm up, as the async rows do below
         with Sampler() as sampler:
             start = time.perf_counter()
-            _blocking(impl, n)
+            _blocking(impl, n, CMD)
             wall = time.perf_counter() - start
     else:
         loop = impl.loop
-        child = _async_child(impl)
+        child = _async_child(impl, CMD)
+        warmup = _async_child(impl, WARMUP_CMD)
 
         async def main() -> tuple[float, Sampler]:
-            await _all_at_once(loop, 1, child)
+            await _all_at_once(loop, 1, warmup)
             with Sampler() as sampler:
                 start = time.perf_counter()
                 await _all_at_once(loop, n, child)
