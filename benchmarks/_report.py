@@ -42,12 +42,15 @@ def machine() -> dict[str, Any]:
     import aioproc
 
     source = Path(aioproc.__file__).resolve().parent
-    commit = subprocess.run(
-        ["git", "-C", str(source), "rev-parse", "--short", "HEAD"],
-        capture_output=True,
-        text=True,
-        check=False,
-    ).stdout.strip()
+
+    def git(*args: str) -> str:
+        command = ["git", "-C", str(source), *args]
+        return subprocess.run(command, capture_output=True, text=True, check=False).stdout.strip()
+
+    # The last commit that changed aioproc's own files, and whether they have changed since.
+    commit = git("log", "-1", "--format=%h", "--", ".")
+    if commit and git("status", "--porcelain", "--", "."):
+        commit += " + uncommitted changes"
     return {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "system": platform.system(),
