@@ -222,14 +222,18 @@ def plot(result: Any, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, (wall_ax, threads_ax) = plt.subplots(1, 2, figsize=(14, 6))
-    for name in result.impl_names():
+    tab20 = plt.get_cmap("tab20")
+    colors = [tab20(i) for i in range(tab20.N)]
+    for index, name in enumerate(result.impl_names()):
         points = result.curve(name, "n", ("wall_s", "threads"))
         if not points:
             continue
         xs = [x for x, _ in points]
-        style = "-" if name.startswith("aioproc") else ("--" if name.startswith("limit") else ":")
-        wall_ax.plot(xs, [y["wall_s"] for _, y in points], style, marker="o", label=name)
-        threads_ax.plot(xs, [y["threads"] for _, y in points], style, marker="o", label=name)
+        family = "aioproc" if name.startswith("aioproc") else name.split(":")[0]
+        linestyle, marker = {"aioproc": ("-", "o"), "limit": ("--", "^")}.get(family, (":", "s"))
+        style = {"color": colors[index % len(colors)], "linestyle": linestyle, "marker": marker}
+        wall_ax.plot(xs, [y["wall_s"] for _, y in points], label=name, **style)
+        threads_ax.plot(xs, [y["threads"] for _, y in points], label=name, **style)
     for ax, ylabel in ((wall_ax, "wall time, s (median)"), (threads_ax, "peak threads")):
         ax.set_xscale("log")
         ax.set_yscale("log")
