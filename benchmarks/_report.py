@@ -37,6 +37,17 @@ def _version(package: str) -> str | None:
         return None
 
 
+def _child_watcher() -> str:
+    import aioproc
+
+    forced = os.environ.get("AIOPROC_CHILD_WATCHER")
+    try:
+        name = str(aioproc.child_watcher())
+    except Exception as exc:  # reported, not fatal: the runs will fail and say why
+        name = f"unusable ({exc})"
+    return f"{name} (forced by AIOPROC_CHILD_WATCHER={forced})" if forced else name
+
+
 def machine() -> dict[str, Any]:
     """The machine and the software measured, recorded with every result."""
     import aioproc
@@ -62,7 +73,7 @@ def machine() -> dict[str, Any]:
         "versions": {name: _version(name) for name in ("aioproc", "anyio", "trio", "uvloop")},
         "aioproc_source": str(source),
         "aioproc_commit": commit or None,
-        "child_watcher": aioproc.child_watcher(),
+        "child_watcher": _child_watcher(),
         "load_average_start": list(os.getloadavg()),
     }
 
@@ -148,6 +159,14 @@ def markdown(
                 f"{row.impl.name}: {run.error}" for row in case_result.rows for run in row.failures
             }
             lines += [f"- failed: {error}" for error in sorted(errors)]
+            # A run that worked but wrote to stderr (a warning, say) is worth a look too.
+            said = {
+                f"{row.impl.name}: {run.stderr.strip().splitlines()[-1]}"
+                for row in case_result.rows
+                for run in row.runs
+                if run.values is not None and run.stderr.strip()
+            }
+            lines += [f"- stderr of {line}" for line in sorted(said)]
     return "\n".join(lines) + "\n"
 
 
@@ -162,7 +181,7 @@ def _as_json(
             "stats": {key: asdict(stat) for key, stat in row.stats.items()},
             "runs": [
                 {"values": run.values, "error": run.error, "seconds": round(run.seconds, 3)}
-                | ({"stderr": run.stderr[-4000:]} if run.error else {})
+                | ({"stderr": run.stderr[-4000:]} if run.stderr else {})
                 for run in row.runs
             ],
         }

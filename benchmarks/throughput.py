@@ -82,6 +82,8 @@ class Counter:
         self.end = time.perf_counter()
 
     def result(self) -> dict[str, float]:
+        if self.bytes <= 0 or self.end <= self.start:
+            raise RuntimeError(f"too little was read to time: {self.bytes} bytes after the first")
         return {"mb_s": self.bytes / (self.end - self.start) / 1e6, "bytes": self.bytes + 0.0}
 
 
