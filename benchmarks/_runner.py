@@ -172,7 +172,7 @@ def run_worker(measurement: Measurement, case: Case, impl: Impl, timeout: float)
             os.killpg(worker.pid, signal.SIGKILL)
             _, stderr_bytes = worker.communicate()
             stderr = stderr_bytes.decode(errors="replace")
-            return Run(None, f"timed out after {timeout:.0f}s", stderr, time.monotonic() - start)
+            return Run(None, f"timed out after {timeout:g} s", stderr, time.monotonic() - start)
         seconds = time.monotonic() - start
         stderr = stderr_bytes.decode(errors="replace")
         if worker.returncode != 0 or not out.exists():
