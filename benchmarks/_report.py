@@ -14,7 +14,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from ._runner import MeasurementResult, Row
+from ._runner import MEASUREMENTS, MeasurementResult, Row
 
 __all__ = ["emit", "machine", "markdown"]
 
@@ -140,13 +140,14 @@ def markdown(
         "rounds, with min-max; the ratio is the median over the rounds of the ratio to the "
         "reference row measured in the same round.",
     ]
-    for number, result in enumerate(results, 1):
+    for result in results:
         measurement = result.measurement
+        number = MEASUREMENTS.index(measurement.name) + 1
         lines += ["", f"## {number}. {measurement.title}", ""]
         if result.skipped:
             lines.append(f"*{measurement.name}: {result.skipped}.*")
             continue
-        lines.append(f"Reference: {measurement.reference.name}. " + " ".join(measurement.notes))
+        lines.append(" ".join([f"Reference: {measurement.reference.name}.", *measurement.notes]))
         for case_result in result.cases:
             header = _header(result)
             pinned = "  (taskset -c 0)" if case_result.case.pinned else ""

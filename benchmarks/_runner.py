@@ -296,7 +296,7 @@ def run_suite(args: argparse.Namespace) -> list[MeasurementResult]:
     mode: Mode = args.mode
     have_taskset = shutil.which("taskset") is not None
     planned = []
-    for name in args.only or MEASUREMENTS:
+    for name in [name for name in MEASUREMENTS if not args.only or name in args.only]:
         measurement = load(name)
         skipped, missing = plan(measurement, bool(args.only), args.smoke)
         cases = [] if skipped else measurement.cases(mode)

@@ -26,7 +26,7 @@ WARMUP = 3
 
 DETACH = "aioproc.detach"
 REFERENCE = Impl("Popen(start_new_session=True)")
-LIMIT_DOUBLE_FORK = Impl("limit: double fork + setsid + exec")
+DOUBLE_FORK = Impl("double fork + setsid + exec (python-daemon style)")
 
 
 def cases(mode: Mode) -> list[Case]:
@@ -114,7 +114,7 @@ MEASUREMENT = Measurement(
         Impl(DETACH, "uvloop"),
         Impl(DETACH, "trio"),
         REFERENCE,
-        LIMIT_DOUBLE_FORK,
+        DOUBLE_FORK,
     ),
     reference=REFERENCE,
     metrics=(Metric("us", "µs to pid", higher_is_better=False, fmt="{:.0f}"),),
