@@ -12,6 +12,7 @@ well while runs taken minutes apart do not.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import json
 import os
@@ -169,7 +170,8 @@ def run_worker(measurement: Measurement, case: Case, impl: Impl, timeout: float)
         try:
             _, stderr_bytes = worker.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:
-            os.killpg(worker.pid, signal.SIGKILL)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(worker.pid, signal.SIGKILL)
             _, stderr_bytes = worker.communicate()
             stderr = stderr_bytes.decode(errors="replace")
             return Run(None, f"timed out after {timeout:g} s", stderr, time.monotonic() - start)
