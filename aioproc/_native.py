@@ -9,6 +9,8 @@ from ``_watcher`` awaited like any other.
 from __future__ import annotations
 
 import contextlib
+import os
+import selectors
 import warnings
 from typing import TYPE_CHECKING, Any
 
@@ -39,6 +41,7 @@ class NativeProcess(Process):
         deliver_cancel: Callable[[Process], Awaitable[object]] | None,
     ) -> None:
         super().__init__(args, leads_group=leads_group, grace=grace, deliver_cancel=deliver_cancel)
+        self._backend = backend
         self._stdin = None if spawned.stdin is None else FdSendStream(spawned.stdin, backend)
         self._stdout = None if spawned.stdout is None else FdReceiveStream(spawned.stdout, backend)
         self._stderr = None if spawned.stderr is None else FdReceiveStream(spawned.stderr, backend)
@@ -89,14 +92,95 @@ class NativeProcess(Process):
                 # ClosedResourceError: released meanwhile, so reaped (or abandoned).
                 with contextlib.suppress(anyio.ClosedResourceError):
                     await self._exit_watch.wait_readable()
-                child.wait_status()
-                if not child.anchors_group:
-                    self._release()
+                self._collect_status()
             finally:
                 self._watching = False
                 if self._watch_ended is not None:
                     self._watch_ended.set()
                     self._watch_ended = None
+
+    def _collect_status(self) -> None:
+        """The child has exited: learn its status, and let it go unless it anchors a group."""
+        self._child.wait_status()
+        if not self._child.anchors_group:
+            self._release()
+
+    async def _communicate(
+        self, input: bytes | bytearray | memoryview | None, *, feed_stdin: bool
+    ) -> tuple[bytes | None, bytes | None]:
+        """Here every pipe and the exit fd go into one selector (epoll, kqueue),
+        and the event loop waits on the selector's own fd: one task and one wait
+        per round, where a task per pipe would cost a task switch each."""
+        self._check_communicate(input)
+        stdin = self._stdin if feed_stdin else None
+        stdout, stderr = self._stdout, self._stderr
+        streams: list[FdSendStream | FdReceiveStream] = [
+            stream for stream in (stdin, stdout, stderr) if stream is not None
+        ]
+        if any(stream._busy for stream in streams):
+            raise anyio.BusyResourceError("communicating with")
+        selector = selectors.DefaultSelector()
+        if not hasattr(selector, "fileno"):  # poll() or select(): no fd to wait on
+            selector.close()
+            return await super()._communicate(input, feed_stdin=feed_stdin)
+        received: dict[FdReceiveStream, list[bytes]] = {}
+        watch = self._backend.watch(selector.fileno())
+        try:
+            for stream in streams:
+                stream._busy = True
+                if stream._blocking:
+                    stream._make_nonblocking()
+            if stdin is not None:
+                if input:
+                    selector.register(stdin._fd, selectors.EVENT_WRITE, stdin)
+                else:
+                    stdin.close()
+            for reader in (stdout, stderr):
+                if reader is not None:
+                    received[reader] = [bytes(reader._pending)]
+                    reader._pending.clear()
+                    selector.register(reader._fd, selectors.EVENT_READ, reader)
+            exit_fd = -1
+            if self._child.returncode is None:
+                exit_fd = self._child.exit_fd
+                selector.register(exit_fd, selectors.EVENT_READ)
+            pending = memoryview(input or b"").cast("B")
+            while True:
+                for key, _ in selector.select(0):
+                    stream = key.data
+                    if stream is None:  # the exit fd: the child is gone
+                        selector.unregister(key.fd)
+                    elif isinstance(stream, FdReceiveStream):
+                        if _drain(stream._fd, received[stream]):
+                            selector.unregister(key.fd)
+                    else:
+                        pending = _fill(stream._fd, pending)
+                        if not pending:
+                            selector.unregister(key.fd)
+                            stream.close()
+                registered = selector.get_map()
+                if not registered:
+                    break
+                # EOF on the pipes comes a moment before the exit itself: by now
+                # the child is usually gone, and a poll saves a round of waiting.
+                only_exit_left = len(registered) == 1 and exit_fd in registered
+                if only_exit_left and self._child.poll() is not None:
+                    break
+                await watch.wait_readable()
+        except BaseException:
+            for reader, chunks in received.items():
+                reader._pending[0:0] = b"".join(chunks)
+            raise
+        finally:
+            watch.close()
+            selector.close()
+            for stream in streams:
+                stream._busy = False
+        if self._child.returncode is None:
+            self._collect_status()
+        output = b"".join(received[stdout]) if stdout is not None else None
+        errors = b"".join(received[stderr]) if stderr is not None else None
+        return output, errors
 
     def _signal(self, sig: int, group: bool) -> None:
         self._child.send_signal(sig, group=group)
@@ -124,3 +208,28 @@ class NativeProcess(Process):
                 source=self,
             )
         child.release()
+
+
+def _drain(fd: int, chunks: list[bytes]) -> bool:
+    """Read what ``fd`` has; return whether it reached EOF."""
+    while True:
+        try:
+            data = os.read(fd, 65536)
+        except BlockingIOError:
+            return False
+        if not data:
+            return True
+        chunks.append(data)
+
+
+def _fill(fd: int, data: memoryview) -> memoryview:
+    """Write what the pipe takes of ``data``; return the rest (empty if done or refused)."""
+    while data:
+        try:
+            data = data[os.write(fd, data) :]
+        except BlockingIOError:
+            break
+        except BrokenPipeError:
+            # The child closed stdin without reading it all: communicate() ignores that.
+            return data[:0]
+    return data

@@ -115,6 +115,49 @@ class Process(anyio.abc.Process):
             await anyio.lowlevel.checkpoint()
         return returncode
 
+    async def communicate(
+        self, input: bytes | bytearray | memoryview | None = None
+    ) -> tuple[bytes | None, bytes | None]:
+        """Write ``input`` to stdin and close it, read stdout and stderr to EOF, wait for the exit.
+
+        As ``Popen.communicate()``: returns ``(stdout, stderr)``, ``None`` for a
+        stream that is not a pipe. Reading and writing go on together, so a
+        child that answers while it is fed cannot deadlock. If this is
+        cancelled, what was read stays in the streams for the next read.
+        """
+        return await self._communicate(input, feed_stdin=True)
+
+    async def _communicate(
+        self, input: bytes | bytearray | memoryview | None, *, feed_stdin: bool
+    ) -> tuple[bytes | None, bytes | None]:
+        """:meth:`communicate`; ``feed_stdin=False`` leaves stdin alone (``run_process``
+        without ``input``, where the caller may feed it through ``TaskGroup.start()``)."""
+        self._check_communicate(input)
+        stdin = self.stdin if feed_stdin else None
+        stdout, stderr = self.stdout, self.stderr
+        output: bytes | None = None
+        errors: list[bytes] = []
+
+        async def read_stderr(stream: PipeReceiveStream) -> None:
+            errors.append(await stream.read_all())
+
+        async with create_task_group() as tg:
+            if stdin is not None:
+                tg.start_soon(_feed, stdin, input)
+            if stderr is not None:
+                tg.start_soon(read_stderr, stderr)
+            if stdout is not None:
+                output = await stdout.read_all()
+        await self.wait()
+        return output, errors[0] if stderr is not None else None
+
+    def _check_communicate(self, input: object) -> None:
+        if input is not None:
+            if not isinstance(input, (bytes, bytearray, memoryview)):
+                raise TypeError(f"input must be bytes, not {type(input).__name__}")
+            if self.stdin is None:
+                raise ValueError("input was given, but stdin is not a pipe: use stdin=PIPE")
+
     def send_signal(self, signal: int, *, group: bool = False) -> None:
         """Send ``signal`` to the child, or with ``group=True`` to the group it leads.
 
@@ -222,3 +265,15 @@ class Process(anyio.abc.Process):
         for stream in (self.stdin, self.stdout, self.stderr):
             if stream is not None:
                 stream.close()
+
+
+async def _feed(stdin: PipeSendStream, data: bytes | bytearray | memoryview | None) -> None:
+    """Write ``data`` (if any) and close stdin. A child may exit without reading
+    all of it; ``communicate()`` ignores that too."""
+    try:
+        if data:
+            await stdin.send(data)  # type: ignore[arg-type]
+    except anyio.BrokenResourceError:
+        pass
+    finally:
+        await stdin.aclose()

@@ -6,7 +6,7 @@ import subprocess
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from anyio import TASK_STATUS_IGNORED, BrokenResourceError, create_task_group, move_on_after
+from anyio import TASK_STATUS_IGNORED, move_on_after
 
 from ._open_process import Engine, open_process
 
@@ -15,7 +15,6 @@ if TYPE_CHECKING:
 
     from ._process import Process
     from ._spawn import FileSpec, StrOrBytesPath
-    from ._streams import PipeReceiveStream, PipeSendStream
 
 __all__ = ["run_process"]
 
@@ -66,23 +65,6 @@ async def run_process(
         if not isinstance(input, (bytes, bytearray, memoryview)):
             raise TypeError(f"input must be bytes, not {type(input).__name__}")
         stdin = subprocess.PIPE
-    captured: dict[str, list[bytes]] = {}
-
-    async def drain(stream: PipeReceiveStream, name: str) -> None:
-        chunks = captured[name] = []
-        async for chunk in stream:
-            chunks.append(chunk)
-
-    async def feed(stream: PipeSendStream, data: bytes | bytearray | memoryview) -> None:
-        # A child may exit without reading all its input; communicate() ignores
-        # that too.
-        try:
-            await stream.send(data)  # type: ignore[arg-type]
-        except BrokenResourceError:
-            pass
-        finally:
-            await stream.aclose()
-
     with move_on_after(timeout) as timer:
         async with open_process(
             command,
@@ -105,19 +87,13 @@ async def run_process(
             engine=engine,
         ) as process:
             task_status.started(process)
-            async with create_task_group() as tg:
-                if process.stdin is not None and input is not None:
-                    tg.start_soon(feed, process.stdin, input)
-                if process.stderr is not None:
-                    tg.start_soon(drain, process.stderr, "stderr")
-                if process.stdout is not None:
-                    await drain(process.stdout, "stdout")
-                await process.wait()
+            output, errors = await process._communicate(input, feed_stdin=input is not None)
 
-    output = b"".join(captured["stdout"]) if "stdout" in captured else None
-    errors = b"".join(captured["stderr"]) if "stderr" in captured else None
     if timer.cancelled_caught:
         assert timeout is not None
+        # What was read before the timeout stays in the streams (see communicate()).
+        output = None if process.stdout is None else process.stdout._take_pending()
+        errors = None if process.stderr is None else process.stderr._take_pending()
         raise subprocess.TimeoutExpired(command, timeout, output=output, stderr=errors)
     returncode = process.returncode
     assert returncode is not None

@@ -3,7 +3,7 @@
 Popen already knows the fastest safe way to start a program (``vfork`` on 3.11
 and 3.12, ``posix_spawn`` where it can on 3.13) and every argument users know
 from it. aioproc hands it only file descriptors: the pipes are made here, so
-Popen wraps nothing in file objects, and the ends we keep are non-blocking.
+Popen wraps nothing in file objects (our ends become non-blocking streams).
 Popen's own reaping is switched off: the child watcher owns the child.
 
 The spawn runs in the calling thread. With ``vfork`` and ``posix_spawn`` the
@@ -163,7 +163,7 @@ class SpawnRequest:
 
 
 def spawn(request: SpawnRequest) -> SpawnedChild:
-    """Start the child; PIPE streams come back as non-blocking fds we own."""
+    """Start the child; PIPE streams come back as fds we own."""
     ours: list[int] = []  # every fd we opened, closed on failure
     theirs: list[int] = []  # the child's ends, closed in any case once it started
     try:
@@ -198,12 +198,11 @@ def spawn(request: SpawnRequest) -> SpawnedChild:
 
 
 def _pipe(ours: list[int], theirs: list[int], *, ours_reads: bool) -> tuple[int, int]:
-    """Make a pipe; return (the child's end, our non-blocking end)."""
+    """Make a pipe; return (the child's end, our end). Our stream makes its end non-blocking."""
     read_fd, write_fd = os.pipe()
     mine, child = (read_fd, write_fd) if ours_reads else (write_fd, read_fd)
     ours.append(mine)
     theirs.append(child)
-    os.set_blocking(mine, False)
     return child, mine
 
 

@@ -13,6 +13,7 @@ in a row that did not wait lets other tasks run first.
 
 from __future__ import annotations
 
+import fcntl
 import os
 from abc import abstractmethod
 from typing import TYPE_CHECKING
@@ -64,6 +65,12 @@ class PipeReceiveStream(ByteReceiveStream):
     async def aclose(self) -> None:
         self.close()
         await anyio.lowlevel.checkpoint()
+
+    def _take_pending(self) -> bytes:
+        """Take the bytes read ahead and not yet returned (see :meth:`read_all`)."""
+        data = bytes(self._pending)
+        self._pending.clear()
+        return data
 
     def lines(self) -> AsyncIterator[bytes]:
         """Iterate over lines, each ending with ``b"\\n"`` except perhaps the last one."""
@@ -133,12 +140,17 @@ class PipeSendStream(ByteSendStream):
         await anyio.lowlevel.checkpoint()
 
 
-class FdReceiveStream(PipeReceiveStream):
-    """Reads a non-blocking pipe fd that this stream owns."""
+class _FdOwner:
+    """What both fd streams share: owning the fd, closing it, making it non-blocking.
+
+    The fd is made non-blocking on first use rather than at spawn: a child
+    whose pipes nobody touches (``/bin/true`` started for its exit status)
+    then costs no ``fcntl`` at all.
+    """
 
     def __init__(self, fd: int, backend: Backend) -> None:
-        super().__init__()
         self._fd = fd
+        self._blocking = True
         self._backend = backend
         self._watch = backend.watch(fd)
         self._busy = False
@@ -147,31 +159,10 @@ class FdReceiveStream(PipeReceiveStream):
     def __repr__(self) -> str:
         return f"<{type(self).__name__} fd={self._fd}>"
 
-    async def _receive(self, max_bytes: int) -> bytes:
-        if self._busy:
-            raise BusyResourceError("reading from")
-        self._busy = True
-        try:
-            if self._streak >= _YIELD_EVERY:
-                self._streak = 0
-                await self._backend.checkpoint()
-            while True:
-                if self._fd < 0:
-                    raise ClosedResourceError
-                try:
-                    data = os.read(self._fd, max_bytes)
-                except BlockingIOError:
-                    self._streak = 0
-                    await self._watch.wait_readable()
-                    continue
-                except OSError as exc:
-                    raise BrokenResourceError(f"reading from the pipe failed: {exc}") from exc
-                self._streak += 1
-                if not data:
-                    raise EndOfStream
-                return data
-        finally:
-            self._busy = False
+    def _make_nonblocking(self) -> None:
+        # F_SETFL alone: a fresh pipe end has no other status flag to keep.
+        fcntl.fcntl(self._fd, fcntl.F_SETFL, os.O_NONBLOCK)
+        self._blocking = False
 
     async def aclose(self) -> None:
         self.close()
@@ -190,18 +181,44 @@ class FdReceiveStream(PipeReceiveStream):
             os.close(self._fd)
 
 
-class FdSendStream(PipeSendStream):
-    """Writes a non-blocking pipe fd that this stream owns."""
+class FdReceiveStream(_FdOwner, PipeReceiveStream):
+    """Reads a pipe fd that this stream owns."""
 
     def __init__(self, fd: int, backend: Backend) -> None:
-        self._fd = fd
-        self._backend = backend
-        self._watch = backend.watch(fd)
-        self._busy = False
-        self._streak = 0
+        _FdOwner.__init__(self, fd, backend)
+        PipeReceiveStream.__init__(self)
 
-    def __repr__(self) -> str:
-        return f"<{type(self).__name__} fd={self._fd}>"
+    async def _receive(self, max_bytes: int) -> bytes:
+        if self._busy:
+            raise BusyResourceError("reading from")
+        self._busy = True
+        try:
+            if self._streak >= _YIELD_EVERY:
+                self._streak = 0
+                await self._backend.checkpoint()
+            while True:
+                if self._fd < 0:
+                    raise ClosedResourceError
+                if self._blocking:
+                    self._make_nonblocking()
+                try:
+                    data = os.read(self._fd, max_bytes)
+                except BlockingIOError:
+                    self._streak = 0
+                    await self._watch.wait_readable()
+                    continue
+                except OSError as exc:
+                    raise BrokenResourceError(f"reading from the pipe failed: {exc}") from exc
+                self._streak += 1
+                if not data:
+                    raise EndOfStream
+                return data
+        finally:
+            self._busy = False
+
+
+class FdSendStream(_FdOwner, PipeSendStream):
+    """Writes a pipe fd that this stream owns."""
 
     async def send(self, item: bytes) -> None:
         if self._busy:
@@ -215,6 +232,8 @@ class FdSendStream(PipeSendStream):
             while True:
                 if self._fd < 0:
                     raise ClosedResourceError
+                if self._blocking:
+                    self._make_nonblocking()
                 try:
                     written = os.write(self._fd, view)
                 except BlockingIOError:
@@ -231,17 +250,3 @@ class FdSendStream(PipeSendStream):
                 view = view[written:]
         finally:
             self._busy = False
-
-    async def aclose(self) -> None:
-        self.close()
-        await self._backend.checkpoint()
-
-    def close(self) -> None:
-        if self._fd >= 0:
-            self._watch.close()
-            fd, self._fd = self._fd, -1
-            os.close(fd)
-
-    def __del__(self) -> None:
-        if getattr(self, "_fd", -1) >= 0:
-            os.close(self._fd)

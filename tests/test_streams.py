@@ -219,3 +219,50 @@ async def test_a_busy_reader_lets_other_tasks_run(engine: str) -> None:
             tg.cancel_scope.cancel()
     assert total == 2000 * 65536
     assert ticks > 0
+
+
+async def test_communicate(engine: str) -> None:
+    code = "import sys; data = sys.stdin.buffer.read(); sys.stdout.buffer.write(data.upper()); sys.stderr.write('done')"
+    async with aioproc.open_process(py(code), engine=engine) as process:
+        assert await process.communicate(b"hello " * 100_000) == (b"HELLO " * 100_000, b"done")
+        assert process.returncode == 0
+
+
+async def test_communicate_without_input_closes_stdin(engine: str) -> None:
+    async with aioproc.open_process(["cat"], engine=engine) as process:
+        assert await process.communicate() == (b"", b"")
+
+
+async def test_communicate_with_unpiped_streams(engine: str) -> None:
+    async with aioproc.open_process(
+        ["echo", "hi"], stdin=subprocess.DEVNULL, stderr=subprocess.DEVNULL, engine=engine
+    ) as process:
+        assert await process.communicate() == (b"hi\n", None)
+        with pytest.raises(ValueError, match="stdin is not a pipe"):
+            await process.communicate(b"input")
+
+
+async def test_cancelled_communicate_keeps_what_it_read(engine: str) -> None:
+    async with aioproc.open_process(
+        ["sh", "-c", "printf out; printf err >&2; sleep 30"], process_group=0, engine=engine
+    ) as process:
+        with anyio.move_on_after(0.5):
+            await process.communicate()
+        assert process.stdout is not None
+        assert process.stderr is not None
+        assert await process.stdout.receive() == b"out"
+        assert await process.stderr.receive() == b"err"
+        process.kill(group=True)
+
+
+async def test_communicate_while_reading_is_busy(anyio_backend: object) -> None:
+    async with aioproc.open_process(["sleep", "30"]) as process:
+        assert process.stdout is not None
+        stdout = process.stdout
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(stdout.receive)
+            await anyio.sleep(0.05)
+            with pytest.raises(BusyResourceError):
+                await process.communicate()
+            tg.cancel_scope.cancel()
+        process.kill()
