@@ -17,6 +17,7 @@ import asyncio
 import asyncio.subprocess
 import contextlib
 import os
+import signal
 from typing import TYPE_CHECKING, Any
 
 import anyio.lowlevel
@@ -24,6 +25,7 @@ from anyio import BrokenResourceError, BusyResourceError, ClosedResourceError, E
 
 from ._process import Process
 from ._streams import PipeReceiveStream, PipeSendStream
+from ._watcher import _pidfd
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
@@ -67,6 +69,10 @@ class _ReaderStream(PipeReceiveStream):
             raise EndOfStream
         return data
 
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
     def close(self) -> None:
         if not self._closed:
             self._closed = True
@@ -93,6 +99,10 @@ class _WriterStream(PipeSendStream):
                 raise ClosedResourceError from exc
             raise BrokenResourceError("the child closed its end of the pipe") from exc
 
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
     def close(self) -> None:
         if not self._closed:
             self._closed = True
@@ -114,6 +124,16 @@ class AsyncioProcess(Process):
         self._transport = transport
         self._protocol = protocol
         self._pid = transport.get_pid()
+        # Signals go through a pidfd where there is one, never through
+        # transport.send_signal(): Popen.send_signal() polls first, and that poll
+        # reaps an exited child behind the back of asyncio's watcher, which
+        # then reports 255. None: no pidfd here; -1: the child was already reaped.
+        self._pidfd: int | None = None
+        if _pidfd.available():
+            try:
+                self._pidfd = os.pidfd_open(self._pid)
+            except ProcessLookupError:
+                self._pidfd = -1
 
         def pipe(fd: int) -> asyncio.BaseTransport:
             pipe_transport = transport.get_pipe_transport(fd)
@@ -148,18 +168,30 @@ class AsyncioProcess(Process):
         await self._protocol.exited.wait()
 
     def _signal(self, sig: int, group: bool) -> None:
-        if self.returncode is not None:
+        if self.returncode is not None or self._pidfd == -1:
             return
         try:
             if group:
                 os.killpg(self._pid, sig)
+            elif self._pidfd is not None:
+                signal.pidfd_send_signal(self._pidfd, sig)
             else:
-                self._transport.send_signal(sig)
+                os.kill(self._pid, sig)
         except ProcessLookupError:
             pass
 
     def _release(self) -> None:
         self._transport.close()
+        self._close_pidfd()
+
+    def _close_pidfd(self) -> None:
+        if self._pidfd is not None and self._pidfd >= 0:
+            os.close(self._pidfd)
+            self._pidfd = -1
+
+    def __del__(self) -> None:
+        if getattr(self, "_pidfd", None) is not None:
+            self._close_pidfd()
 
 
 async def open_asyncio_process(

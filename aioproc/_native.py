@@ -113,6 +113,8 @@ class NativeProcess(Process):
         per round, where a task per pipe would cost a task switch each."""
         self._check_communicate(input)
         stdin = self._stdin if feed_stdin else None
+        if stdin is not None and stdin.closed:
+            stdin = None  # already closed, and no input (checked above): as good as done
         stdout, stderr = self._stdout, self._stderr
         streams: list[FdSendStream | FdReceiveStream] = [
             stream for stream in (stdin, stdout, stderr) if stream is not None

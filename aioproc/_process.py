@@ -133,7 +133,7 @@ class Process(anyio.abc.Process):
         """:meth:`communicate`; ``feed_stdin=False`` leaves stdin alone (``run_process``
         without ``input``, where the caller may feed it through ``TaskGroup.start()``)."""
         self._check_communicate(input)
-        stdin = self.stdin if feed_stdin else None
+        stdin = self.stdin if feed_stdin and not (self.stdin and self.stdin.closed) else None
         stdout, stderr = self.stdout, self.stderr
         output: bytes | None = None
         errors: list[bytes] = []
@@ -157,6 +157,11 @@ class Process(anyio.abc.Process):
                 raise TypeError(f"input must be bytes, not {type(input).__name__}")
             if self.stdin is None:
                 raise ValueError("input was given, but stdin is not a pipe: use stdin=PIPE")
+            if self.stdin.closed:
+                raise anyio.ClosedResourceError("input was given, but stdin is closed")
+        for stream in (self.stdout, self.stderr):
+            if stream is not None and stream.closed:
+                raise anyio.ClosedResourceError
 
     def send_signal(self, signal: int, *, group: bool = False) -> None:
         """Send ``signal`` to the child, or with ``group=True`` to the group it leads.

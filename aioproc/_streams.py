@@ -58,6 +58,11 @@ class PipeReceiveStream(ByteReceiveStream):
     async def _receive(self, max_bytes: int) -> bytes:
         """Read up to ``max_bytes`` from the pipe itself."""
 
+    @property
+    @abstractmethod
+    def closed(self) -> bool:
+        """Whether this end of the pipe was closed (by ``close()`` or ``aclose()``)."""
+
     @abstractmethod
     def close(self) -> None:
         """Close the pipe now; a task waiting to read gets ``ClosedResourceError``."""
@@ -131,6 +136,11 @@ class _Lines:
 class PipeSendStream(ByteSendStream):
     """The sending end of a pipe to a child (its stdin); closing it sends EOF."""
 
+    @property
+    @abstractmethod
+    def closed(self) -> bool:
+        """Whether this end of the pipe was closed (by ``close()`` or ``aclose()``)."""
+
     @abstractmethod
     def close(self) -> None:
         """Close the pipe now, which the child reads as EOF."""
@@ -158,6 +168,10 @@ class _FdOwner:
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} fd={self._fd}>"
+
+    @property
+    def closed(self) -> bool:
+        return self._fd < 0
 
     def _make_nonblocking(self) -> None:
         # F_SETFL alone: a fresh pipe end has no other status flag to keep.

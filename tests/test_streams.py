@@ -266,3 +266,12 @@ async def test_communicate_while_reading_is_busy(anyio_backend: object) -> None:
                 await process.communicate()
             tg.cancel_scope.cancel()
         process.kill()
+
+
+async def test_communicate_after_close(engine: str) -> None:
+    async with aioproc.open_process(["cat"], engine=engine) as process:
+        assert process.stdout is not None
+        await process.stdout.aclose()
+        with pytest.raises(ClosedResourceError):
+            await process.communicate()
+        process.kill()

@@ -72,7 +72,9 @@ def test_an_unknown_watcher_name_is_refused() -> None:
     assert "AIOPROC_CHILD_WATCHER='sigchld' names no child watcher" in out.stderr
 
 
-def test_a_refused_pidfd_falls_back(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_refused_pidfd_falls_back(
+    monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest
+) -> None:
     """Where seccomp refuses pidfd_open, the probe fails and another mechanism is used."""
     from aioproc._watcher import _pidfd
 
@@ -80,6 +82,8 @@ def test_a_refused_pidfd_falls_back(monkeypatch: pytest.MonkeyPatch) -> None:
         raise PermissionError(errno.EPERM, "Operation not permitted")
 
     monkeypatch.setattr(os, "pidfd_open", refuse)
+    _pidfd.available.cache_clear()  # the probe runs once per process; run it again
+    request.addfinalizer(_pidfd.available.cache_clear)
     assert not _pidfd.available()
     monkeypatch.delenv("AIOPROC_CHILD_WATCHER", raising=False)
     assert _watcher._choose_mechanism() == "thread"

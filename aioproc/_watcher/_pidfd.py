@@ -7,14 +7,16 @@ another process that later got the same pid.
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
 
 __all__ = ["PidfdNotifier", "available"]
 
 
+@functools.cache
 def available() -> bool:
-    """Probe pidfd on ourselves: seccomp profiles may refuse it (docker/for-linux#1142)."""
+    """Probe pidfd on ourselves, once: seccomp may refuse it (docker/for-linux#1142)."""
     if not hasattr(os, "pidfd_open") or not hasattr(signal, "pidfd_send_signal"):
         return False
     try:
