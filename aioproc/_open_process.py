@@ -36,6 +36,7 @@ def open_process(
     extra_groups: Iterable[str | int] | None = None,
     umask: int = -1,
     process_group: int | None = None,
+    die_with_parent: bool | int = False,
     grace: float = 5.0,
     deliver_cancel: Callable[[Process], Awaitable[object]] | None = None,
     engine: Engine | None = None,
@@ -62,6 +63,12 @@ def open_process(
     ``start_new_session=True``). ``deliver_cancel``, an async callable taking the
     process, replaces that SIGTERM-then-SIGKILL step, as in ``trio.run_process``.
 
+    ``die_with_parent=True`` (Linux only) has the kernel send SIGKILL to the child
+    when this process dies, even by SIGKILL; give a signal number to send that
+    one instead. It is tied to the thread that spawns the child: if the event
+    loop runs in a thread that ends, its children get the signal then. It
+    makes the spawn fork instead of vfork (see ``PR_SET_PDEATHSIG`` in the README).
+
     ``engine="asyncio"`` runs the same API over asyncio's own subprocess support
     (libuv under uvloop); it needs an asyncio loop. The default is ``"native"``,
     aioproc's own pipes and child watcher, on every backend.
@@ -83,6 +90,7 @@ def open_process(
             extra_groups=extra_groups,
             umask=umask,
             process_group=process_group,
+            die_with_parent=die_with_parent,
         ),
         grace=grace,
         deliver_cancel=deliver_cancel,

@@ -14,6 +14,7 @@ millisecond, which is less than handing the work to a thread and back.
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from collections.abc import Iterable, Mapping
@@ -120,6 +121,7 @@ class SpawnRequest:
         extra_groups: Iterable[str | int] | None = None,
         umask: int = -1,
         process_group: int | None = None,
+        die_with_parent: bool | int = False,
     ) -> None:
         self.args, self.shell = check_command(command)
         for name, value in (("stdin", stdin), ("stdout", stdout), ("stderr", stderr)):
@@ -154,11 +156,17 @@ class SpawnRequest:
             kwargs["extra_groups"] = extra_groups
         if umask >= 0:
             kwargs["umask"] = umask
+        in_child: list[Callable[[], None]] = []
         if process_group is not None:
             if sys.version_info >= (3, 11):
                 kwargs["process_group"] = process_group
             else:
-                kwargs["preexec_fn"] = _setpgid_to(process_group)
+                in_child.append(_setpgid_to(process_group))
+        death_signal = _death_signal(die_with_parent)
+        if death_signal:
+            in_child.append(_die_with_parent(death_signal))
+        if in_child:
+            kwargs["preexec_fn"] = in_child[0] if len(in_child) == 1 else _run_all(in_child)
         self.popen_kwargs = kwargs
 
 
@@ -206,6 +214,14 @@ def _pipe(ours: list[int], theirs: list[int], *, ours_reads: bool) -> tuple[int,
     return child, mine
 
 
+def _run_all(steps: list[Callable[[], None]]) -> Callable[[], None]:
+    def run() -> None:
+        for step in steps:
+            step()
+
+    return run
+
+
 def _setpgid_to(pgid: int) -> Callable[[], None]:
     # Python 3.10 has no process_group argument. preexec_fn stops Popen from
     # using vfork, so this path is slower, but it is only taken on 3.10.
@@ -213,3 +229,65 @@ def _setpgid_to(pgid: int) -> Callable[[], None]:
         os.setpgid(0, pgid)
 
     return setpgid
+
+
+_PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
+_prctl: Any = None
+
+
+def _death_signal(die_with_parent: object) -> int:
+    """The signal ``die_with_parent`` asks for: 0 for none, SIGKILL for ``True``."""
+    if die_with_parent is False or die_with_parent is None:
+        return 0
+    if die_with_parent is True:
+        sig: int = signal.SIGKILL
+    elif isinstance(die_with_parent, int) and die_with_parent in signal.valid_signals():
+        sig = die_with_parent
+    else:
+        raise ValueError(
+            f"die_with_parent must be True, False or a signal number, not {die_with_parent!r}"
+        )
+    if sys.platform != "linux":
+        raise NotImplementedError(
+            f"die_with_parent needs Linux (prctl PR_SET_PDEATHSIG); this is {sys.platform}"
+        )
+    return sig
+
+
+def _die_with_parent(sig: int) -> Callable[[], None]:
+    """A ``preexec_fn`` that has the kernel send ``sig`` to the child when we die.
+
+    ``PR_SET_PDEATHSIG`` fires when the *thread* that forked the child exits,
+    not only the process: a child spawned from an event loop running in a
+    short-lived thread gets the signal when that thread ends.
+
+    The flag is set in the child, after the fork; if we died in between, the
+    child was already reparented and the kernel will never send the signal. So
+    it compares ``getppid()`` with our pid, read here, before the fork, and
+    leaves at once if they differ.
+
+    The cost: a ``preexec_fn`` makes Popen fork instead of using ``vfork`` or
+    ``posix_spawn``, and wait while the child, a copy of this process, runs
+    Python code and then drops that copy at ``exec``. The spawn takes about 2 ms
+    instead of 0.3 with a small heap, and it grows with our memory (13 ms instead
+    of 0.5 at 200 MB on a 2-core machine). The code run in the child takes no lock.
+    """
+    import ctypes
+
+    global _prctl
+    if _prctl is None:
+        # Looked up before the fork: dlopen() in a forked child of a threaded
+        # process can deadlock.
+        _prctl = ctypes.CDLL(None, use_errno=True).prctl
+    prctl = _prctl
+    parent = os.getpid()
+
+    def set_death_signal() -> None:
+        if prctl(_PR_SET_PDEATHSIG, sig, 0, 0, 0) != 0:
+            errno = ctypes.get_errno()
+            raise OSError(errno, f"prctl(PR_SET_PDEATHSIG): {os.strerror(errno)}")
+        if os.getppid() != parent:
+            os.kill(os.getpid(), sig)
+            os._exit(1)  # sig is caught or ignored here; leave anyway
+
+    return set_death_signal

@@ -18,7 +18,7 @@ from collections.abc import Iterator
 import pytest
 import uvloop
 
-from .helpers import children_of_us, open_fds
+from .helpers import Strays, children_of_us, open_fds
 
 BACKENDS = {
     "asyncio": "asyncio",
@@ -92,6 +92,16 @@ def _no_leaks() -> Iterator[None]:
     assert not leaked, f"fds leaked: {describe_fds(leaked)}"
     left = set(children_of_us().items()) - set(children_before.items())
     assert not left, f"children left behind (pid, state): {sorted(left)}"
+
+
+@pytest.fixture
+def strays() -> Iterator[Strays]:
+    """Detached processes and the like, which outlive the test: killed by pid at its end."""
+    found = Strays()
+    try:
+        yield found
+    finally:
+        found.kill_all()
 
 
 def describe_fds(fds: set[int]) -> list[str]:

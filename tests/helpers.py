@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import sys
 import threading
 
@@ -75,3 +76,56 @@ def py(code: str) -> list[str]:
 def soak() -> bool:
     """Whether the long soak mode was asked for (``AIOPROC_SOAK=1``)."""
     return os.environ.get("AIOPROC_SOAK", "") not in ("", "0")
+
+
+def helper_code(anyio_backend: object, body: str) -> list[str]:
+    """A Python command that runs ``body`` (the inside of ``async def main()``) on our loop."""
+    if isinstance(anyio_backend, tuple):
+        run = "anyio.run(main, backend='asyncio', backend_options={'loop_factory': uvloop.new_event_loop})"
+    else:
+        run = f"anyio.run(main, backend={anyio_backend!r})"
+    lines = "\n".join(f"    {line}" for line in body.strip().splitlines())
+    return py(
+        f"import anyio, aioproc, os, signal, sys, time, uvloop\nasync def main():\n{lines}\n{run}\n"
+    )
+
+
+def proc_status(pid: int) -> dict[str, str]:
+    """``/proc/<pid>/status`` as a dict (``PPid``, ``SigIgn``, ``SigBlk``, ...)."""
+    with open(f"/proc/{pid}/status") as f:
+        return dict(line.split(":\t", 1) for line in f.read().splitlines() if ":\t" in line)
+
+
+def proc_stat(pid: int) -> list[str]:
+    """The fields of ``/proc/<pid>/stat`` after the command name: state is [0], ppid [1]."""
+    with open(f"/proc/{pid}/stat") as f:
+        stat = f.read()
+    return stat[stat.rindex(")") + 2 :].split()
+
+
+def start_time(pid: int) -> int | None:
+    """When ``pid`` started (clock ticks since boot), or None if it is gone or a zombie.
+
+    With the pid, it names one process: a recycled pid has a later start time.
+    """
+    try:
+        fields = proc_stat(pid)
+    except OSError:
+        return None
+    return None if fields[0] == "Z" else int(fields[19])
+
+
+class Strays:
+    """Processes a test started that are not its children: each is killed, by pid, at the end."""
+
+    def __init__(self) -> None:
+        self._started: dict[int, int | None] = {}
+
+    def add(self, pid: int) -> int:
+        self._started[pid] = start_time(pid)
+        return pid
+
+    def kill_all(self) -> None:
+        for pid, started in self._started.items():
+            if started is not None and start_time(pid) == started:
+                os.kill(pid, signal.SIGKILL)

@@ -81,6 +81,12 @@ ROWS: list[tuple[str, Any, type[Exception], str]] = [
         "engine must be one of 'native', 'asyncio', not 'libuv'",
     ),
     ("bad env", {"command": ["true"], "env": {"A": 1}}, TypeError, "int"),
+    (
+        "bad die_with_parent",
+        {"command": ["true"], "die_with_parent": 0},
+        ValueError,
+        "die_with_parent must be True, False or a signal number, not 0",
+    ),
 ]
 
 
