@@ -2,9 +2,10 @@
 
 * :func:`open_process` starts a command with pipes you ``await``, and stops it
   (SIGTERM, grace, SIGKILL, to its process group when asked) if you leave early;
-* :func:`run_process` runs one to completion and captures its output.
+* :func:`run_process` runs one to completion and captures its output;
+* :func:`detach` starts a command that outlives us, and returns its pid.
 
-Both accept what anyio's functions of the same names accept. One child
+The first two accept what anyio's functions of the same names accept. One child
 watcher per process reaps exactly the children aioproc started: through a
 pidfd on Linux, with no thread per child.
 """
@@ -18,6 +19,7 @@ if sys.platform == "win32":  # pragma: no cover - exercised by a subprocess test
 
 from subprocess import DEVNULL, PIPE, STDOUT
 
+from ._detach import DetachedProcess, detach
 from ._open_process import ProcessOpener, open_process
 from ._process import Process
 from ._run_process import run_process
@@ -28,11 +30,13 @@ __all__ = [
     "DEVNULL",
     "PIPE",
     "STDOUT",
+    "DetachedProcess",
     "PipeReceiveStream",
     "PipeSendStream",
     "Process",
     "ProcessOpener",
     "child_watcher",
+    "detach",
     "open_process",
     "run_process",
 ]

@@ -23,7 +23,15 @@ from typing import IO, TYPE_CHECKING, Any, TypeAlias
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-__all__ = ["FileSpec", "SpawnRequest", "SpawnedChild", "StrOrBytesPath", "check_command", "spawn"]
+__all__ = [
+    "FileSpec",
+    "SpawnRequest",
+    "SpawnedChild",
+    "StrOrBytesPath",
+    "check_command",
+    "check_file",
+    "spawn",
+]
 
 StrOrBytesPath: TypeAlias = "str | bytes | os.PathLike[str] | os.PathLike[bytes]"
 FileSpec: TypeAlias = "int | IO[Any] | None"
@@ -56,7 +64,10 @@ def check_command(command: object) -> tuple[list[Any] | str | bytes, bool]:
     return args, False
 
 
-def _check_file(name: str, value: object) -> None:
+def check_file(
+    name: str, value: object, accepted: str = "PIPE, DEVNULL, a file descriptor, a file object"
+) -> None:
+    """Refuse a stdio choice Popen would misread; ``accepted`` completes the TypeError."""
     if value is None or value in (_PIPE, _DEVNULL):
         return
     if value == _STDOUT and not isinstance(value, bool):
@@ -64,14 +75,9 @@ def _check_file(name: str, value: object) -> None:
             raise ValueError(f"{name}=STDOUT is not valid: STDOUT can only be given for stderr")
         return
     if isinstance(value, bool) or (isinstance(value, int) and value < 0):
-        raise ValueError(
-            f"{name}={value!r} is neither PIPE, DEVNULL, STDOUT, a file descriptor nor None"
-        )
+        raise ValueError(f"{name}={value!r} is not a valid file descriptor")
     if not isinstance(value, int) and not callable(getattr(value, "fileno", None)):
-        raise TypeError(
-            f"{name} must be PIPE, DEVNULL, a file descriptor, a file object or None, "
-            f"not {type(value).__name__}: {value!r}"
-        )
+        raise TypeError(f"{name} must be {accepted} or None, not {type(value).__name__}: {value!r}")
 
 
 def _check_env(env: object) -> None:
@@ -125,7 +131,7 @@ class SpawnRequest:
     ) -> None:
         self.args, self.shell = check_command(command)
         for name, value in (("stdin", stdin), ("stdout", stdout), ("stderr", stderr)):
-            _check_file(name, value)
+            check_file(name, value)
         self.stdin, self.stdout, self.stderr = stdin, stdout, stderr
         if process_group is not None and (
             isinstance(process_group, bool)

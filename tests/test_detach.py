@@ -1,0 +1,457 @@
+"""``detach``: each property of a detached process, its failures, and what it leaves here.
+
+Every process a test detaches is registered with the ``strays`` fixture, which
+kills it by pid at the end. Some tests detach from a helper Python process, so
+that the detaching process can exit, be killed, or get a SIGHUP; the helper
+runs the same event loop as the test.
+"""
+
+from __future__ import annotations
+
+import os
+import pty
+import random
+import signal
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+
+import aioproc
+from aioproc import Process
+
+from .helpers import (
+    Strays,
+    children_of_us,
+    helper_code,
+    pid_alive,
+    proc_stat,
+    proc_status,
+    py,
+    thread_count,
+)
+
+# The helper detaches `sleep 60`, prints its pid, then does what the test says.
+DETACH_AND_REPORT = """
+detached = await aioproc.detach(["sleep", "60"])
+print(detached.pid, flush=True)
+"""
+
+
+async def _read_pid(process: Process) -> int:
+    assert process.stdout is not None
+    line = await anext(process.stdout.lines())
+    return int(line)
+
+
+async def _gone(pid: int, seconds: float = 10) -> None:
+    """Wait until ``pid`` has exited (a zombie counts as exited: it is not our child)."""
+    with anyio.fail_after(seconds):
+        while pid_alive(pid):
+            await anyio.sleep(0.01)
+
+
+def _ancestors() -> set[int]:
+    found, pid = set(), os.getpid()
+    while pid > 1:
+        pid = int(proc_stat(pid)[1])
+        found.add(pid)
+    return found
+
+
+async def test_returns_the_pid_of_the_command_itself(anyio_backend: object, strays: Strays) -> None:
+    detached = await aioproc.detach(["sleep", "60"])
+    strays.add(detached.pid)
+    assert isinstance(detached, aioproc.DetachedProcess)
+    assert detached.args == ["sleep", "60"]
+    with open(f"/proc/{detached.pid}/cmdline", "rb") as f:
+        assert f.read() == b"sleep\x0060\x00"
+    assert detached.pid not in children_of_us()
+    assert repr(detached) == f"<DetachedProcess pid={detached.pid} args=['sleep', '60']>"
+
+
+async def test_a_string_goes_through_the_shell(
+    anyio_backend: object, strays: Strays, tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    detached = await aioproc.detach(f"echo $$ $((6 * 7)) > {out}")
+    strays.add(detached.pid)
+    await _gone(detached.pid)
+    assert out.read_text() == f"{detached.pid} 42\n"
+
+
+async def test_runs_in_a_new_session_without_a_terminal(
+    anyio_backend: object, strays: Strays
+) -> None:
+    detached = await aioproc.detach(["sleep", "60"])
+    strays.add(detached.pid)
+    assert os.getsid(detached.pid) == detached.pid
+    assert os.getpgid(detached.pid) == detached.pid
+    assert proc_stat(detached.pid)[4] == "0"  # tty_nr: no controlling terminal
+
+
+async def test_its_parent_is_init_or_a_subreaper_never_us(
+    anyio_backend: object, strays: Strays
+) -> None:
+    detached = await aioproc.detach(["sleep", "60"])
+    strays.add(detached.pid)
+    parent = int(proc_status(detached.pid)["PPid"])
+    assert parent != os.getpid()
+    # A subreaper is always an ancestor of ours: the test may run under one.
+    assert parent == 1 or parent in _ancestors()
+
+
+async def test_the_nearest_subreaper_adopts_it(anyio_backend: object, strays: Strays) -> None:
+    # The helper makes itself a subreaper (PR_SET_CHILD_SUBREAPER = 36), then detaches.
+    body = "import ctypes\nctypes.CDLL(None).prctl(36, 1, 0, 0, 0)\n" + DETACH_AND_REPORT
+    body += "sys.stdin.read()\n"
+    async with aioproc.open_process(helper_code(anyio_backend, body)) as helper:
+        pid = strays.add(await _read_pid(helper))
+        assert int(proc_status(pid)["PPid"]) == helper.pid
+        assert helper.stdin is not None
+        await helper.stdin.aclose()
+        assert await helper.wait() == 0
+
+
+async def test_survives_the_detaching_process_exiting(
+    anyio_backend: object, strays: Strays
+) -> None:
+    async with aioproc.open_process(helper_code(anyio_backend, DETACH_AND_REPORT)) as helper:
+        pid = strays.add(await _read_pid(helper))
+        assert await helper.wait() == 0
+    assert pid_alive(pid)
+    assert int(proc_status(pid)["PPid"]) != helper.pid
+
+
+async def test_survives_sigkill_of_the_detaching_process(
+    anyio_backend: object, strays: Strays
+) -> None:
+    body = DETACH_AND_REPORT + "await anyio.sleep(60)\n"
+    async with aioproc.open_process(helper_code(anyio_backend, body)) as helper:
+        pid = strays.add(await _read_pid(helper))
+        helper.kill()
+        assert await helper.wait() == -signal.SIGKILL
+    assert pid_alive(pid)
+
+
+async def test_survives_sighup_to_the_detaching_process_group(
+    anyio_backend: object, strays: Strays
+) -> None:
+    body = DETACH_AND_REPORT + "await anyio.sleep(60)\n"
+    async with aioproc.open_process(helper_code(anyio_backend, body), process_group=0) as helper:
+        pid = strays.add(await _read_pid(helper))
+        helper.send_signal(signal.SIGHUP, group=True)
+        assert await helper.wait() == -signal.SIGHUP
+    assert pid_alive(pid)
+
+
+async def test_survives_its_terminal_hanging_up(anyio_backend: object, strays: Strays) -> None:
+    """nohup's case: the detaching process has a controlling terminal, which then goes away."""
+    # The helper leads a session whose controlling terminal is a pty we hold.
+    # Closing our end hangs the terminal up: the kernel sends SIGHUP to the helper.
+    body = "import fcntl, termios\nfcntl.ioctl(0, termios.TIOCSCTTY, 0)\n" + DETACH_AND_REPORT
+    body += "print(os.ttyname(0), flush=True)\nawait anyio.sleep(60)\n"
+    controller, terminal = pty.openpty()
+    try:
+        helper = await aioproc.open_process(
+            helper_code(anyio_backend, body),
+            stdin=terminal,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+    finally:
+        os.close(terminal)
+    async with helper:
+        try:
+            pid = strays.add(await _read_pid(helper))
+            assert helper.stdout is not None
+            assert (await anext(helper.stdout.lines())).startswith(b"/dev/pts/")
+            assert proc_stat(helper.pid)[4] != "0"  # the helper has the terminal ...
+            assert proc_stat(pid)[4] == "0"  # ... and the detached command has none
+        finally:
+            os.close(controller)
+        assert await helper.wait() == -signal.SIGHUP
+    assert pid_alive(pid)
+
+
+async def test_only_stdio_and_pass_fds_stay_open(anyio_backend: object, strays: Strays) -> None:
+    read_fd, write_fd = os.pipe()
+    os.set_inheritable(read_fd, True)  # inheritable, but not passed: closed anyway
+    try:
+        detached = await aioproc.detach(["sleep", "60"], pass_fds=[write_fd])
+        strays.add(detached.pid)
+    finally:
+        os.close(read_fd)
+        os.close(write_fd)
+    assert sorted(map(int, os.listdir(f"/proc/{detached.pid}/fd"))) == [0, 1, 2, write_fd]
+    for fd in (0, 1, 2):
+        assert os.readlink(f"/proc/{detached.pid}/fd/{fd}") == "/dev/null"
+
+
+async def test_signals_have_their_default_dispositions(
+    anyio_backend: object, strays: Strays
+) -> None:
+    # This process ignores SIGPIPE (Python does) and SIGXFSZ.
+    assert int(proc_status(os.getpid())["SigIgn"], 16) != 0
+    detached = await aioproc.detach(["sleep", "60"])
+    strays.add(detached.pid)
+    status = proc_status(detached.pid)
+    assert (status["SigIgn"], status["SigBlk"], status["SigCgt"]) == ("0" * 16,) * 3
+
+
+async def test_ignored_and_blocked_signals_do_not_leak(
+    anyio_backend: object, strays: Strays
+) -> None:
+    """A detaching process under nohup, ignoring SIGHUP, with more ignored and blocked."""
+    body = (
+        "signal.signal(signal.SIGHUP, signal.SIG_IGN)\n"
+        "signal.signal(signal.SIGUSR1, signal.SIG_IGN)\n"
+        "signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR2, signal.SIGTERM})\n"
+        + DETACH_AND_REPORT
+    )
+    async with aioproc.open_process(helper_code(anyio_backend, body)) as helper:
+        pid = strays.add(await _read_pid(helper))
+        assert await helper.wait() == 0
+    status = proc_status(pid)
+    assert int(status["SigIgn"], 16) & ~GLIBC_RESERVED == 0
+    assert int(status["SigBlk"], 16) == 0
+
+
+# Signals 32 and 33 belong to glibc (thread cancellation, setxid): Python cannot set
+# them (they are not in signal.valid_signals()), and glibc installs its own handlers
+# on them when it needs them. Children of a CPython 3.13 process were seen to start
+# with them ignored, so a helper may pass them on, and we cannot reset them.
+GLIBC_RESERVED = sum(1 << (sig - 1) for sig in range(32, signal.SIGRTMIN))
+
+
+async def test_nothing_is_left_behind(anyio_backend: object, strays: Strays) -> None:
+    """No zombie, no fd (both checked after every test), and no thread."""
+    await aioproc.detach(["true"])  # a first one may start the loop's own threads
+    threads = thread_count()
+    for _ in range(20):
+        strays.add((await aioproc.detach(["sleep", "60"])).pid)
+    assert not children_of_us()
+    with anyio.fail_after(10):  # the thread watcher's waiter threads end soon after
+        while thread_count() > threads:
+            await anyio.sleep(0.01)
+
+
+async def test_fire_and_forget_as_a_task(
+    anyio_backend: object, strays: Strays, tmp_path: Path
+) -> None:
+    pid_file = tmp_path / "pid"
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(
+            aioproc.detach, f"echo $$ > {pid_file}.tmp; mv {pid_file}.tmp {pid_file}; exec sleep 60"
+        )
+    with anyio.fail_after(10):
+        while not pid_file.exists():
+            await anyio.sleep(0.01)
+    pid = strays.add(int(pid_file.read_text()))
+    assert pid_alive(pid)
+    assert pid not in children_of_us()
+
+
+# -- the arguments --------------------------------------------------------------------
+
+
+async def test_stdio_are_devnull_by_default_and_files_by_path(
+    anyio_backend: object, strays: Strays, tmp_path: Path
+) -> None:
+    out, err, source = tmp_path / "out", tmp_path / "err", tmp_path / "in"
+    out.write_text("before\n")
+    source.write_text("from stdin\n")
+    code = "import sys; print(sys.stdin.read().strip()); print('to stderr', file=sys.stderr)"
+    detached = await aioproc.detach(py(code), stdin=source, stdout=out, stderr=str(err))
+    strays.add(detached.pid)
+    await _gone(detached.pid)
+    assert out.read_text() == "before\nfrom stdin\n"  # appended
+    assert err.read_text() == "to stderr\n"  # created
+
+
+async def test_stderr_to_stdout_and_an_fd(
+    anyio_backend: object, strays: Strays, tmp_path: Path
+) -> None:
+    with open(tmp_path / "log", "ab") as log:
+        detached = await aioproc.detach(
+            ["sh", "-c", "echo out; echo err >&2"], stdout=log.fileno(), stderr=aioproc.STDOUT
+        )
+    strays.add(detached.pid)
+    await _gone(detached.pid)
+    assert sorted((tmp_path / "log").read_text().split()) == ["err", "out"]
+
+
+async def test_cwd_env_and_umask(anyio_backend: object, strays: Strays, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    detached = await aioproc.detach(
+        ["sh", "-c", 'pwd; echo "$GREETING"; umask'],
+        stdout=out,  # relative paths are ours, not cwd's: this one is absolute anyway
+        cwd="/",
+        env={"GREETING": "hello", "PATH": os.environ["PATH"]},
+        umask=0o027,
+    )
+    strays.add(detached.pid)
+    await _gone(detached.pid)
+    assert out.read_text().split() == ["/", "hello", "0027"]
+
+
+async def test_the_pid_file_is_written_atomically(
+    anyio_backend: object, strays: Strays, tmp_path: Path
+) -> None:
+    pid_file = tmp_path / "worker.pid"
+    pid_file.write_text("stale\n")
+    detached = await aioproc.detach(["sleep", "60"], pid_file=pid_file)
+    strays.add(detached.pid)
+    assert pid_file.read_text() == f"{detached.pid}\n"
+    assert detached.pid_file == pid_file
+    assert os.listdir(tmp_path) == ["worker.pid"]  # no temporary file left
+    assert pid_file.stat().st_mode & 0o777 == 0o644
+
+
+async def test_a_pid_file_that_cannot_be_written_starts_nothing(
+    anyio_backend: object, tmp_path: Path
+) -> None:
+    token = _token()
+    with pytest.raises(FileNotFoundError) as caught:
+        await aioproc.detach(["sleep", token], pid_file=tmp_path / "no" / "dir" / "x.pid")
+    assert str(tmp_path / "no" / "dir") in str(caught.value)
+    assert not _sleeping(token)
+
+
+# -- failures ---------------------------------------------------------------------------
+
+
+def _not_executable(tmp_path: Path) -> dict[str, Any]:
+    script = tmp_path / "script.sh"
+    script.write_text("#!/bin/sh\necho hi\n")
+    script.chmod(0o644)
+    return {"command": [str(script)]}
+
+
+@pytest.mark.parametrize(
+    "arguments",
+    [
+        {"command": ["no-such-program-xyz"]},
+        _not_executable,
+        {"command": ["true"], "cwd": "/no/such/dir"},
+        {"command": ["true"], "pass_fds": [987]},
+    ],
+    ids=["missing program", "not executable", "missing cwd", "closed fd in pass_fds"],
+)
+async def test_exec_errors_are_raised_as_open_process_raises_them(
+    anyio_backend: object, tmp_path: Path, arguments: Any
+) -> None:
+    kwargs = dict(arguments(tmp_path) if callable(arguments) else arguments)
+    command = kwargs.pop("command")
+    with pytest.raises(Exception) as by_open_process:  # noqa: PT011 - compared below
+        await aioproc.open_process(command, **kwargs)
+    with pytest.raises(type(by_open_process.value)) as by_detach:
+        await aioproc.detach(command, **kwargs)
+    assert str(by_detach.value) == str(by_open_process.value)
+
+
+STDOUT_IN_A_MISSING_DIR = "/no/such/dir/out.log"
+
+BAD_INPUT: list[tuple[str, dict[str, Any], type[Exception], str]] = [
+    # (case, arguments, exception, text the message must contain)
+    ("empty list", {"command": []}, ValueError, "command is empty"),
+    ("command not a sequence", {"command": 42}, TypeError, "not int: 42"),
+    ("int argument", {"command": ["echo", 42]}, TypeError, "command argument 1"),
+    (
+        "PIPE for stdout",
+        {"stdout": subprocess.PIPE},
+        ValueError,
+        "stdout=PIPE is not valid for a detached",
+    ),
+    ("PIPE for stdin", {"stdin": subprocess.PIPE}, ValueError, "stdin=PIPE is not valid"),
+    ("STDOUT for stdout", {"stdout": subprocess.STDOUT}, ValueError, "stdout=STDOUT is not valid"),
+    ("negative fd", {"stderr": -7}, ValueError, "stderr=-7"),
+    ("stream of a wrong type", {"stdout": 1.5}, TypeError, "stdout must be DEVNULL, a path"),
+    (
+        "stdout in a missing directory",
+        {"stdout": STDOUT_IN_A_MISSING_DIR},
+        FileNotFoundError,
+        STDOUT_IN_A_MISSING_DIR,
+    ),
+    ("bad env", {"env": {"A": 1}}, TypeError, "int"),
+    ("unknown keyword", {"shell": True}, TypeError, "unexpected keyword argument 'shell'"),
+]
+
+
+@pytest.mark.parametrize(
+    ("case", "arguments", "error", "text"), BAD_INPUT, ids=[row[0] for row in BAD_INPUT]
+)
+async def test_bad_input(
+    anyio_backend: object, case: str, arguments: dict[str, Any], error: type[Exception], text: str
+) -> None:
+    kwargs = dict(arguments)
+    command = kwargs.pop("command", ["true"])
+    with pytest.raises(error) as caught:
+        await aioproc.detach(command, **kwargs)
+    assert text in str(caught.value)
+
+
+# -- cancellation -----------------------------------------------------------------------
+
+
+async def test_cancelled_before_it_starts_starts_nothing(anyio_backend: object) -> None:
+    token = _token()
+    with anyio.CancelScope() as scope:
+        scope.cancel()
+        await aioproc.detach(["sleep", token])
+    assert scope.cancelled_caught
+    assert not _sleeping(token)
+
+
+async def test_cancelled_while_the_intermediate_runs_still_returns_the_pid(
+    anyio_backend: object, strays: Strays, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from aioproc import _detach
+
+    real_reap = _detach._reap
+
+    async def cancel_then_reap(pid: int, backend: Any) -> None:
+        scope.cancel()
+        await real_reap(pid, backend)
+
+    monkeypatch.setattr(_detach, "_reap", cancel_then_reap)
+    detached = None
+    with anyio.CancelScope() as scope:
+        detached = await aioproc.detach(["sleep", "60"])
+        strays.add(detached.pid)
+        await anyio.sleep(60)  # the cancellation arrives here, at the next checkpoint
+    assert scope.cancelled_caught
+    assert detached is not None
+    assert pid_alive(detached.pid)
+
+
+async def test_cancelled_at_any_moment_never_loses_a_pid(
+    anyio_backend: object, strays: Strays
+) -> None:
+    """Either detach returns the pid, or the command never started: no unknown survivor."""
+    token = _token()
+    returned: list[int] = []
+    for attempt in range(30):
+        with anyio.move_on_after(attempt * 0.0005):
+            returned.append(strays.add((await aioproc.detach(["sleep", token])).pid))
+    assert _sleeping(token) <= set(returned)
+
+
+def _token() -> str:
+    """A duration for ``sleep`` that no other process on the machine sleeps for."""
+    return f"{60 + random.random():.9f}"
+
+
+def _sleeping(token: str) -> set[int]:
+    """The pids of the processes running ``sleep token``."""
+    found = set()
+    for entry in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                if f.read() == f"sleep\0{token}\0".encode():
+                    found.add(int(entry))
+        except OSError:
+            continue
+    return found
