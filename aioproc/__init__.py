@@ -3,7 +3,8 @@
 * :func:`open_process` starts a command with pipes you ``await``, and stops it
   (SIGTERM, grace, SIGKILL, to its process group when asked) if you leave early;
 * :func:`run_process` runs one to completion and captures its output;
-* :func:`detach` starts a command that outlives us, and returns its pid.
+* :func:`detach` starts a command that outlives us, and returns its pid;
+* :class:`ChildScope` owns children you start and do not await.
 
 The first two accept what anyio's functions of the same names accept. One child
 watcher per process reaps exactly the children aioproc started: through a
@@ -19,6 +20,7 @@ if sys.platform == "win32":  # pragma: no cover - exercised by a subprocess test
 
 from subprocess import DEVNULL, PIPE, STDOUT
 
+from ._child_scope import ChildScope
 from ._detach import DetachedProcess, detach
 from ._open_process import ProcessOpener, open_process
 from ._process import Process
@@ -30,6 +32,7 @@ __all__ = [
     "DEVNULL",
     "PIPE",
     "STDOUT",
+    "ChildScope",
     "DetachedProcess",
     "PipeReceiveStream",
     "PipeSendStream",
