@@ -1,12 +1,31 @@
-"""``python -m aioproc``: a short demo of the toolkit."""
+"""``python -m aioproc``: a short demo of the toolkit, and ``detach`` for the shell.
+
+``python -m aioproc [asyncio|trio]`` runs the demo; ``python -m aioproc detach
+[--stdout FILE] [--stderr FILE] [--cwd DIR] [--pid-file FILE] -- cmd args...``
+is ``nohup setsid cmd args... &``: it prints the pid of the detached command.
+"""
 
 from __future__ import annotations
 
+import argparse
+import functools
+import os
+import subprocess
 import sys
+import tempfile
 
 import anyio
 
 import aioproc
+
+BACKENDS = ("asyncio", "trio")
+
+# The worker of the master/worker demo: it outlives the master that starts it.
+WORKER = [
+    sys.executable,
+    "-c",
+    "import os, time; time.sleep(1); print(f'worker {os.getpid()} done after 1 s', flush=True)",
+]
 
 
 async def demo() -> None:
@@ -24,10 +43,88 @@ async def demo() -> None:
     result = await aioproc.run_process("echo captured by run_process; exit 3", check=False)
     print(f"run_process: {result.stdout.decode().strip()!r}, exit status {result.returncode}")
 
+    # PHP: exec('bash -c "exec nohup setsid php worker.php > /dev/null 2>&1 &"');
+    # The master is `python -m aioproc detach`, which awaits aioproc.detach(): it
+    # prints the worker's pid and exits at once, while the worker sleeps on.
+    with tempfile.TemporaryDirectory() as tmp:
+        log = anyio.Path(tmp, "worker.log")
+        master = await aioproc.run_process(
+            [sys.executable, "-m", "aioproc", "detach", "--stdout", str(log), "--", *WORKER]
+        )
+        pid = int(master.stdout)
+        print(f"master exited with status {master.returncode}; worker {pid} runs: {_runs(pid)}")
+        with anyio.fail_after(10):
+            while not await log.read_text():  # noqa: ASYNC110 - not our child: no exit to await
+                await anyio.sleep(0.05)
+        print(f"worker's output: {(await log.read_text()).strip()!r}")
+
+
+def _runs(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def _detach_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m aioproc detach",
+        description="Start a command detached from this shell (a new session, reparented "
+        "to init, stdio on /dev/null unless redirected), print its pid, and exit: "
+        "`nohup setsid cmd &`, with errors reported.",
+        epilog="Exit status: 0 once the command runs, 127 if the program is not found, 126 if "
+        "it cannot be executed, 125 for any other failure (as nohup and env do).",
+    )
+    parser.add_argument("--stdout", metavar="FILE", help="append the command's stdout to FILE")
+    parser.add_argument(
+        "--stderr",
+        metavar="FILE",
+        help="append its stderr to FILE (default: where --stdout goes, else /dev/null)",
+    )
+    parser.add_argument("--cwd", metavar="DIR", help="run it in DIR")
+    parser.add_argument("--pid-file", metavar="FILE", help="write its pid to FILE, atomically")
+    parser.add_argument("command", nargs="+", help="the program and its arguments, after --")
+    return parser
+
+
+def detach_main(argv: list[str]) -> int:
+    parser = _detach_parser()
+    args = parser.parse_args(argv)
+    stdout = args.stdout if args.stdout is not None else aioproc.DEVNULL
+    if args.stderr is not None:
+        stderr = args.stderr
+    else:
+        stderr = aioproc.STDOUT if args.stdout is not None else aioproc.DEVNULL
+    start = functools.partial(
+        aioproc.detach,
+        args.command,
+        stdout=stdout,
+        stderr=stderr,
+        cwd=args.cwd,
+        pid_file=args.pid_file,
+    )
+    try:
+        detached = anyio.run(start)
+    except (OSError, ValueError, subprocess.SubprocessError) as exc:
+        print(f"{parser.prog}: {exc}", file=sys.stderr)
+        if isinstance(exc, FileNotFoundError) and exc.filename == args.command[0]:
+            return 127
+        return 126 if isinstance(exc, PermissionError) else 125
+    print(detached.pid)
+    return 0
+
 
 def main(argv: list[str]) -> int:
-    backend = argv[1] if len(argv) > 1 else "asyncio"
-    anyio.run(demo, backend=backend)
+    if argv[1:2] == ["detach"]:
+        return detach_main(argv[2:])
+    parser = argparse.ArgumentParser(
+        prog="python -m aioproc",
+        description="Run the demo, or `python -m aioproc detach --help` for the detach command.",
+    )
+    parser.add_argument("backend", nargs="?", default="asyncio", choices=BACKENDS)
+    args = parser.parse_args(argv[1:])
+    anyio.run(demo, backend=args.backend)
     return 0
 
 

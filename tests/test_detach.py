@@ -13,6 +13,8 @@ import pty
 import random
 import signal
 import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -455,3 +457,76 @@ def _sleeping(token: str) -> set[int]:
         except OSError:
             continue
     return found
+
+
+# -- the command line -------------------------------------------------------------------
+
+
+def _cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    command = [sys.executable, "-m", "aioproc", *args]
+    return subprocess.run(command, capture_output=True, text=True, cwd=cwd, timeout=60)
+
+
+def test_cli_prints_the_pid_and_exits_0(strays: Strays, tmp_path: Path) -> None:
+    out, pid_file = tmp_path / "out", tmp_path / "pid"
+    shell = "echo $$; echo to stderr >&2; exec sleep 60"
+    done = _cli(
+        "detach",
+        "--stdout",
+        "out",
+        "--pid-file",
+        str(pid_file),
+        "--",
+        "sh",
+        "-c",
+        shell,
+        cwd=tmp_path,
+    )
+    assert (done.returncode, done.stderr) == (0, "")
+    pid = strays.add(int(done.stdout))
+    assert pid_alive(pid)
+    assert pid_file.read_text() == f"{pid}\n"
+    _wait_for_text(out, f"{pid}\nto stderr\n")
+
+
+def _wait_for_text(path: Path, text: str) -> None:
+    deadline = time.monotonic() + 10
+    while not (path.exists() and path.read_text() == text):
+        assert time.monotonic() < deadline, f"{path} never had {text!r}"
+        time.sleep(0.01)
+
+
+def test_cli_takes_cwd_and_stderr(strays: Strays, tmp_path: Path) -> None:
+    err = tmp_path / "err"
+    done = _cli("detach", "--stderr", str(err), "--cwd", str(tmp_path), "--", "sh", "-c", "pwd >&2")
+    assert done.returncode == 0, done.stderr
+    strays.add(int(done.stdout))
+    _wait_for_text(err, f"{tmp_path}\n")
+
+
+@pytest.mark.parametrize(
+    ("args", "status", "message"),
+    [
+        (["--", "no-such-program-xyz"], 127, "No such file or directory: 'no-such-program-xyz'"),
+        (["--", "/etc/passwd"], 126, "Permission denied: '/etc/passwd'"),
+        (["--cwd", "/no/such/dir", "--", "true"], 125, "No such file or directory: '/no/such/dir'"),
+        (["--stdout", "/no/such/dir/out", "--", "true"], 125, "/no/such/dir/out"),
+        ([], 2, "the following arguments are required: command"),
+    ],
+    ids=["not found", "not executable", "bad cwd", "bad stdout", "no command"],
+)
+def test_cli_reports_errors(args: list[str], status: int, message: str) -> None:
+    done = _cli("detach", *args)
+    assert done.returncode == status
+    assert done.stdout == ""
+    assert message in done.stderr
+    assert done.stderr.startswith(("python -m aioproc detach: ", "usage: python -m aioproc detach"))
+
+
+def test_without_arguments_the_demo_runs() -> None:
+    done = _cli()
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0].startswith("child watcher: ")
+    assert "master exited with status 0; worker " in done.stdout
+    assert lines[-1].startswith("worker's output: 'worker ")
