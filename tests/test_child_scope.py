@@ -109,10 +109,10 @@ async def test_leaving_with_a_timeout_stops_the_stragglers(
 ) -> None:
     log = tmp_path / "log"
     with pytest.raises(ExceptionGroup) as caught:
-        async with ChildScope(timeout=0.2) as scope:
+        async with ChildScope(timeout=0.1) as scope:
             done = await scope.start(["true"])
             polite = await scope.start(["sleep", "60"])
-            stubborn = await scope.start(py(STUBBORN.format(str(log))), grace=0.3)
+            stubborn = await scope.start(py(STUBBORN.format(str(log))), grace=0.1)
             with anyio.fail_after(30):
                 while not log.exists():
                     await anyio.sleep(0.01)

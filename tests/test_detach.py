@@ -521,12 +521,3 @@ def test_cli_reports_errors(args: list[str], status: int, message: str) -> None:
     assert done.stdout == ""
     assert message in done.stderr
     assert done.stderr.startswith(("python -m aioproc detach: ", "usage: python -m aioproc detach"))
-
-
-def test_without_arguments_the_demo_runs() -> None:
-    done = _cli()
-    assert done.returncode == 0, done.stderr
-    lines = done.stdout.splitlines()
-    assert lines[0].startswith("child watcher: ")
-    assert "master exited with status 0; worker " in done.stdout
-    assert lines[-1].startswith("worker's output: 'worker ")
