@@ -73,11 +73,9 @@ def _popen() -> tuple[int, float]:
 def _async_detach() -> Callable[[], Awaitable[int]]:
     import aioproc
 
-    detach = aioproc.detach  # type: ignore[attr-defined]
-
     async def aioproc_detach() -> int:
-        pid: int = await detach(CMD)
-        return pid
+        detached = await aioproc.detach(CMD)
+        return detached.pid
 
     return aioproc_detach
 
