@@ -16,7 +16,7 @@ import pytest
 import aioproc
 from aioproc import _watcher
 
-from .helpers import children_of_us, open_fds, thread_count
+from .helpers import children_of_us, helper_code, open_fds, thread_count
 
 
 async def test_a_foreign_popen_child_keeps_its_exit_status(anyio_backend: object) -> None:
@@ -204,3 +204,26 @@ async def test_signalling_goes_through_the_pidfd(
         await process.wait()
     expected = [signal.SIGTERM] if aioproc.child_watcher() == "pidfd" else []
     assert [sig for _, sig in sent] == expected
+
+
+async def test_a_fork_while_a_waiter_thread_holds_its_lock_does_not_hang(
+    anyio_backend: object,
+) -> None:
+    """The after-fork hook runs in every forked child (os.fork, or a Popen with a
+    preexec_fn, as die_with_parent and detach use): it must not take a lock that a
+    waiter thread of the thread watcher held at the fork, since that thread is gone."""
+    body = (
+        "child = await aioproc.open_process(['sleep', '60'], stdin=aioproc.DEVNULL)\n"
+        "lock = child._child._notifier._lock\n"
+        "lock.acquire()  # as the waiter thread does while it writes its eventfd\n"
+        "import subprocess\n"
+        "done = subprocess.run(['echo', 'forked'], preexec_fn=lambda: None, capture_output=True)\n"
+        "lock.release()\n"
+        "print(done.stdout.decode(), end='')\n"
+        "child.kill()\n"
+        "await child.aclose()\n"
+    )
+    env = {**os.environ, "AIOPROC_CHILD_WATCHER": "thread"}
+    with anyio.fail_after(30):
+        result = await aioproc.run_process(helper_code(anyio_backend, body), env=env)
+    assert result.stdout == b"forked\n"

@@ -39,6 +39,9 @@ class _Notifier(Protocol):
     def fileno(self) -> int: ...
     def send_signal(self, sig: int) -> None: ...
     def close(self) -> None: ...
+    def close_after_fork(self) -> None:
+        """Close in a forked child, where no other thread runs and no lock is to be taken."""
+        ...
 
 
 _mechanism: str | None = None
@@ -261,7 +264,7 @@ def _forget_after_fork() -> None:
         child._lock = threading.Lock()
         if notifier is not None:
             with contextlib.suppress(OSError):
-                notifier.close()
+                notifier.close_after_fork()
     _children.clear()
     _orphans.clear()
 

@@ -63,3 +63,5 @@ class KqueueNotifier:
         else:
             os.close(self._fd)
         self._fd = -1
+
+    close_after_fork = close

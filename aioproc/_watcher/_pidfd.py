@@ -43,3 +43,5 @@ class PidfdNotifier:
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
+
+    close_after_fork = close

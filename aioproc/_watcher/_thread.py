@@ -69,3 +69,12 @@ class ThreadNotifier:
             if self._fd >= 0:
                 os.close(self._fd)
                 self._fd = -1
+
+    def close_after_fork(self) -> None:
+        # The waiter thread is not in a forked child, and may have held the lock at
+        # the fork: taking it would hang forever. Nothing else can race us here.
+        self._lock = threading.Lock()
+        self.close()
+        if self._write_fd >= 0:
+            os.close(self._write_fd)
+            self._write_fd = -1
