@@ -87,7 +87,8 @@ async def test_a_chosen_signal_is_sent(
     pid = await _spawn_then_kill_the_helper(
         anyio_backend, engine, strays, py(code), int(signal.SIGUSR1), ready=log
     )
-    assert await _gone_within(pid, 2)
+    # Longer than for SIGKILL: this child runs Python to leave, on a loaded machine.
+    assert await _gone_within(pid, 10)
     assert log.read_text() == "ready USR1"
 
 
