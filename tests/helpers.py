@@ -125,6 +125,11 @@ class Strays:
         self._started[pid] = start_time(pid)
         return pid
 
+    def alive(self, pid: int) -> bool:
+        """Whether the process added as ``pid`` still runs (not another one, given its pid)."""
+        started = self._started[pid]
+        return started is not None and start_time(pid) == started
+
     def kill_all(self) -> None:
         for pid, started in self._started.items():
             if started is not None and start_time(pid) == started:

@@ -28,7 +28,6 @@ from .helpers import (
     Strays,
     children_of_us,
     helper_code,
-    pid_alive,
     proc_stat,
     proc_status,
     py,
@@ -48,10 +47,10 @@ async def _read_pid(process: Process) -> int:
     return int(line)
 
 
-async def _gone(pid: int, seconds: float = 10) -> None:
+async def _gone(strays: Strays, pid: int) -> None:
     """Wait until ``pid`` has exited (a zombie counts as exited: it is not our child)."""
-    with anyio.fail_after(seconds):
-        while pid_alive(pid):
+    with anyio.fail_after(10):
+        while strays.alive(pid):
             await anyio.sleep(0.01)
 
 
@@ -80,7 +79,7 @@ async def test_a_string_goes_through_the_shell(
     out = tmp_path / "out"
     detached = await aioproc.detach(f"echo $$ $((6 * 7)) > {out}")
     strays.add(detached.pid)
-    await _gone(detached.pid)
+    await _gone(strays, detached.pid)
     assert out.read_text() == f"{detached.pid} 42\n"
 
 
@@ -123,7 +122,7 @@ async def test_survives_the_detaching_process_exiting(
     async with aioproc.open_process(helper_code(anyio_backend, DETACH_AND_REPORT)) as helper:
         pid = strays.add(await _read_pid(helper))
         assert await helper.wait() == 0
-    assert pid_alive(pid)
+    assert strays.alive(pid)
     assert int(proc_status(pid)["PPid"]) != helper.pid
 
 
@@ -135,7 +134,7 @@ async def test_survives_sigkill_of_the_detaching_process(
         pid = strays.add(await _read_pid(helper))
         helper.kill()
         assert await helper.wait() == -signal.SIGKILL
-    assert pid_alive(pid)
+    assert strays.alive(pid)
 
 
 async def test_survives_sighup_to_the_detaching_process_group(
@@ -146,7 +145,7 @@ async def test_survives_sighup_to_the_detaching_process_group(
         pid = strays.add(await _read_pid(helper))
         helper.send_signal(signal.SIGHUP, group=True)
         assert await helper.wait() == -signal.SIGHUP
-    assert pid_alive(pid)
+    assert strays.alive(pid)
 
 
 async def test_survives_its_terminal_hanging_up(anyio_backend: object, strays: Strays) -> None:
@@ -175,7 +174,7 @@ async def test_survives_its_terminal_hanging_up(anyio_backend: object, strays: S
         finally:
             os.close(controller)
         assert await helper.wait() == -signal.SIGHUP
-    assert pid_alive(pid)
+    assert strays.alive(pid)
 
 
 async def test_only_stdio_and_pass_fds_stay_open(anyio_backend: object, strays: Strays) -> None:
@@ -252,7 +251,7 @@ async def test_fire_and_forget_as_a_task(
         while not pid_file.exists():
             await anyio.sleep(0.01)
     pid = strays.add(int(pid_file.read_text()))
-    assert pid_alive(pid)
+    assert strays.alive(pid)
     assert pid not in children_of_us()
 
 
@@ -268,7 +267,7 @@ async def test_stdio_are_devnull_by_default_and_files_by_path(
     code = "import sys; print(sys.stdin.read().strip()); print('to stderr', file=sys.stderr)"
     detached = await aioproc.detach(py(code), stdin=source, stdout=out, stderr=str(err))
     strays.add(detached.pid)
-    await _gone(detached.pid)
+    await _gone(strays, detached.pid)
     assert out.read_text() == "before\nfrom stdin\n"  # appended
     assert err.read_text() == "to stderr\n"  # created
 
@@ -281,7 +280,7 @@ async def test_stderr_to_stdout_and_an_fd(
             ["sh", "-c", "echo out; echo err >&2"], stdout=log.fileno(), stderr=aioproc.STDOUT
         )
     strays.add(detached.pid)
-    await _gone(detached.pid)
+    await _gone(strays, detached.pid)
     assert sorted((tmp_path / "log").read_text().split()) == ["err", "out"]
 
 
@@ -295,7 +294,7 @@ async def test_cwd_env_and_umask(anyio_backend: object, strays: Strays, tmp_path
         umask=0o027,
     )
     strays.add(detached.pid)
-    await _gone(detached.pid)
+    await _gone(strays, detached.pid)
     assert out.read_text().split() == ["/", "hello", "0027"]
 
 
@@ -426,7 +425,7 @@ async def test_cancelled_while_the_intermediate_runs_still_returns_the_pid(
         await anyio.sleep(60)  # the cancellation arrives here, at the next checkpoint
     assert scope.cancelled_caught
     assert detached is not None
-    assert pid_alive(detached.pid)
+    assert strays.alive(detached.pid)
 
 
 async def test_cancelled_at_any_moment_never_loses_a_pid(
@@ -484,7 +483,7 @@ def test_cli_prints_the_pid_and_exits_0(strays: Strays, tmp_path: Path) -> None:
     )
     assert (done.returncode, done.stderr) == (0, "")
     pid = strays.add(int(done.stdout))
-    assert pid_alive(pid)
+    assert strays.alive(pid)
     assert pid_file.read_text() == f"{pid}\n"
     _wait_for_text(out, f"{pid}\nto stderr\n")
 

@@ -19,7 +19,7 @@ import pytest
 import aioproc
 from aioproc import Process, _spawn
 
-from .helpers import Strays, helper_code, pid_alive, py
+from .helpers import Strays, helper_code, py
 
 
 async def _spawn_then_kill_the_helper(
@@ -43,7 +43,7 @@ async def _spawn_then_kill_the_helper(
     async with aioproc.open_process(helper_code(anyio_backend, body)) as helper:
         assert helper.stdout is not None
         pid = strays.add(int(await anext(helper.stdout.lines())))
-        assert pid_alive(pid)
+        assert strays.alive(pid)
         with anyio.fail_after(30):
             while ready is not None and not ready.exists():
                 await anyio.sleep(0.01)
@@ -52,9 +52,9 @@ async def _spawn_then_kill_the_helper(
     return pid
 
 
-async def _gone_within(pid: int, seconds: float) -> bool:
+async def _gone_within(strays: Strays, pid: int, seconds: float) -> bool:
     with anyio.move_on_after(seconds):
-        while pid_alive(pid):
+        while strays.alive(pid):
             await anyio.sleep(0.01)
         return True
     return False
@@ -64,14 +64,14 @@ async def test_the_child_dies_when_its_parent_is_killed(
     anyio_backend: object, engine: str, strays: Strays
 ) -> None:
     pid = await _spawn_then_kill_the_helper(anyio_backend, engine, strays, ["sleep", "60"], True)
-    assert await _gone_within(pid, 2)
+    assert await _gone_within(strays, pid, 2)
 
 
 async def test_without_it_the_child_lives_on(anyio_backend: object, strays: Strays) -> None:
     """The control case: the test above proves something only if this child survives."""
     pid = await _spawn_then_kill_the_helper(anyio_backend, "native", strays, ["sleep", "60"], False)
     await anyio.sleep(0.2)
-    assert pid_alive(pid)
+    assert strays.alive(pid)
 
 
 async def test_a_chosen_signal_is_sent(
@@ -88,7 +88,7 @@ async def test_a_chosen_signal_is_sent(
         anyio_backend, engine, strays, py(code), int(signal.SIGUSR1), ready=log
     )
     # Longer than for SIGKILL: this child runs Python to leave, on a loaded machine.
-    assert await _gone_within(pid, 10)
+    assert await _gone_within(strays, pid, 10)
     assert log.read_text() == "ready USR1"
 
 
