@@ -275,8 +275,8 @@ def _die_with_parent(sig: int) -> Callable[[], None]:
     The cost: a ``preexec_fn`` makes Popen fork instead of using ``vfork`` or
     ``posix_spawn``, and wait while the child, a copy of this process, runs
     Python code and then drops that copy at ``exec``. The spawn takes about 2 ms
-    instead of 0.3 with a small heap, and it grows with our memory (13 ms instead
-    of 0.5 at 200 MB on a 2-core machine). The code run in the child takes no lock.
+    instead of 0.3 with a small heap, and it grows with our memory (10 ms instead
+    of 0.35 at 200 MB on a 2-core machine). The code run in the child takes no lock.
     """
     import ctypes
 
