@@ -23,7 +23,7 @@ else:  # pragma: no cover
 STUBBORN = (
     "import signal, time\n"
     "signal.signal(signal.SIGTERM, lambda *a: open({0!r}, 'a').write('TERM'))\n"
-    "open({0!r}, 'a').write('ready ')\n"
+    "open({0!r} + '.ready', 'w').close()\n"
     "time.sleep(60)\n"
 )
 
@@ -114,12 +114,12 @@ async def test_leaving_with_a_timeout_stops_the_stragglers(
             polite = await scope.start(["sleep", "60"])
             stubborn = await scope.start(py(STUBBORN.format(str(log))), grace=0.1)
             with anyio.fail_after(30):
-                while not log.exists():
+                while not (tmp_path / "log.ready").exists():
                     await anyio.sleep(0.01)
     assert done.returncode == 0
     assert polite.returncode == -signal.SIGTERM
     assert stubborn.returncode == -signal.SIGKILL
-    assert log.read_text() == "ready TERM"
+    assert log.read_text() == "TERM"
     codes = sorted(error.returncode for error in caught.value.exceptions)  # type: ignore[attr-defined]
     assert codes == sorted([-signal.SIGTERM, -signal.SIGKILL])
 

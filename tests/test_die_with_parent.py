@@ -77,19 +77,19 @@ async def test_without_it_the_child_lives_on(anyio_backend: object, strays: Stra
 async def test_a_chosen_signal_is_sent(
     anyio_backend: object, engine: str, strays: Strays, tmp_path: Path
 ) -> None:
-    log = tmp_path / "log"
+    log, ready = tmp_path / "log", tmp_path / "ready"
     code = (
         "import signal, sys, time\n"
-        f"signal.signal(signal.SIGUSR1, lambda *a: (open({str(log)!r}, 'a').write('USR1'), sys.exit()))\n"
-        f"open({str(log)!r}, 'a').write('ready ')\n"
+        f"signal.signal(signal.SIGUSR1, lambda *a: (open({str(log)!r}, 'w').write('USR1'), sys.exit()))\n"
+        f"open({str(ready)!r}, 'w').close()\n"
         "time.sleep(60)\n"
     )
     pid = await _spawn_then_kill_the_helper(
-        anyio_backend, engine, strays, py(code), int(signal.SIGUSR1), ready=log
+        anyio_backend, engine, strays, py(code), int(signal.SIGUSR1), ready=ready
     )
     # Longer than for SIGKILL: this child runs Python to leave, on a loaded machine.
     assert await _gone_within(strays, pid, 10)
-    assert log.read_text() == "ready USR1"
+    assert log.read_text() == "USR1"
 
 
 async def test_a_child_of_a_living_parent_runs_normally(anyio_backend: object, engine: str) -> None:
