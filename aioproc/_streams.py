@@ -9,12 +9,19 @@ Reads try the fd first and wait for readiness only on ``EAGAIN``, so a busy
 pipe costs one ``read`` per chunk and no event-loop round trip. A reader that
 keeps finding data would then never yield; every :data:`_YIELD_EVERY`-th call
 in a row that did not wait lets other tasks run first.
+
+Every fd these streams own is a pipe end held for one of our children. A child
+made by ``os.fork()`` inherits them all and must not keep them: a sibling whose
+stdin write end it held would never see EOF. So they are registered here, and
+closed in the child at fork.
 """
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
+import weakref
 from abc import abstractmethod
 from typing import TYPE_CHECKING
 
@@ -31,6 +38,8 @@ __all__ = ["FdReceiveStream", "FdSendStream", "PipeReceiveStream", "PipeSendStre
 
 _CHUNK = 65536
 _YIELD_EVERY = 16
+
+_held: weakref.WeakSet[_FdOwner] = weakref.WeakSet()
 
 
 class PipeReceiveStream(ByteReceiveStream):
@@ -165,6 +174,7 @@ class _FdOwner:
         self._watch = backend.watch(fd)
         self._busy = False
         self._streak = 0
+        _held.add(self)
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} fd={self._fd}>"
@@ -186,6 +196,7 @@ class _FdOwner:
         if self._fd >= 0:
             self._watch.close()
             fd, self._fd = self._fd, -1
+            _held.discard(self)
             os.close(fd)
 
     def __del__(self) -> None:
@@ -235,6 +246,18 @@ class FdSendStream(_FdOwner, PipeSendStream):
     """Writes a pipe fd that this stream owns."""
 
     async def send(self, item: bytes) -> None:
+        await self._send(item, whole=False)
+
+    async def send_whole(self, item: bytes | memoryview) -> None:
+        """Send all of ``item``; if interrupted after part of it went out, close the stream.
+
+        For messages framed on the pipe: the rest of a message cut short by a
+        cancellation could not be told apart from the next one. Closing makes
+        the reader see a truncated message and the end of the stream instead.
+        """
+        await self._send(item, whole=True)
+
+    async def _send(self, item: bytes | memoryview, whole: bool) -> None:
         if self._busy:
             raise BusyResourceError("writing to")
         self._busy = True
@@ -243,6 +266,7 @@ class FdSendStream(_FdOwner, PipeSendStream):
                 self._streak = 0
                 await self._backend.checkpoint()
             view = memoryview(item).cast("B")
+            size = len(view)
             while True:
                 if self._fd < 0:
                     raise ClosedResourceError
@@ -252,7 +276,12 @@ class FdSendStream(_FdOwner, PipeSendStream):
                     written = os.write(self._fd, view)
                 except BlockingIOError:
                     self._streak = 0
-                    await self._watch.wait_writable()
+                    try:
+                        await self._watch.wait_writable()
+                    except BaseException:
+                        if whole and len(view) < size:
+                            self.close()
+                        raise
                     continue
                 except BrokenPipeError as exc:
                     raise BrokenResourceError("the child closed its end of the pipe") from exc
@@ -264,3 +293,20 @@ class FdSendStream(_FdOwner, PipeSendStream):
                 view = view[written:]
         finally:
             self._busy = False
+
+
+def _close_after_fork() -> None:
+    """In a child of ``os.fork()``: close every pipe end held for the parent's children.
+
+    The stream objects are marked closed too, so that nothing in the child can
+    close their fd numbers later, once those may belong to something else.
+    """
+    for stream in list(_held):
+        fd, stream._fd = stream._fd, -1
+        if fd >= 0:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+    _held.clear()
+
+
+os.register_at_fork(after_in_child=_close_after_fork)
