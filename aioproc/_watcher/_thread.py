@@ -16,7 +16,13 @@ import contextlib
 import os
 import threading
 
-__all__ = ["ThreadNotifier"]
+__all__ = ["ThreadNotifier", "WaiterThread"]
+
+
+class WaiterThread(threading.Thread):
+    """A waiter. Its class tells ``aioproc.fork`` that forking beside it is safe:
+    it waits in ``waitid`` holding nothing, and a forked child does not take the
+    lock it holds for an instant after (see ``close_after_fork``)."""
 
 
 def _wait_for_exit(pid: int) -> None:
@@ -38,7 +44,7 @@ class ThreadNotifier:
         else:
             self._fd, self._write_fd = os.pipe()
         try:
-            threading.Thread(target=self._run, name=f"aioproc waitid({pid})", daemon=True).start()
+            WaiterThread(target=self._run, name=f"aioproc waitid({pid})", daemon=True).start()
         except BaseException:
             self.close()
             if self._write_fd >= 0:
@@ -48,7 +54,10 @@ class ThreadNotifier:
     def _run(self) -> None:
         _wait_for_exit(self._pid)
         if self._write_fd >= 0:
-            os.close(self._write_fd)
+            # Marked closed first: a child forked after this must not close the
+            # number, which may be someone else's by then (close_after_fork).
+            write_fd, self._write_fd = self._write_fd, -1
+            os.close(write_fd)
             return
         # The lock orders this write before close(): once closed, the fd number
         # may already name someone else's file.
