@@ -4,7 +4,9 @@
   (SIGTERM, grace, SIGKILL, to its process group when asked) if you leave early;
 * :func:`run_process` runs one to completion and captures its output;
 * :func:`detach` starts a command that outlives us, and returns its pid;
-* :class:`ChildScope` owns children you start and do not await.
+* :class:`ChildScope` owns children you start and do not await;
+* :func:`fork` and :func:`fork_call` run a Python callable in an ``os.fork()``
+  child and bring its result back, with a message channel both ways.
 
 The first two accept what anyio's functions of the same names accept. One child
 watcher per process reaps exactly the children aioproc started: through a
@@ -20,8 +22,10 @@ if sys.platform == "win32":  # pragma: no cover - exercised by a subprocess test
 
 from subprocess import DEVNULL, PIPE, STDOUT
 
+from ._channel import ParentChannel, parent_channel
 from ._child_scope import ChildScope
 from ._detach import DetachedProcess, detach
+from ._fork import ChildDied, ForkedProcess, ForkOpener, fork, fork_call
 from ._open_process import ProcessOpener, open_process
 from ._process import Process
 from ._run_process import run_process
@@ -32,14 +36,21 @@ __all__ = [
     "DEVNULL",
     "PIPE",
     "STDOUT",
+    "ChildDied",
     "ChildScope",
     "DetachedProcess",
+    "ForkOpener",
+    "ForkedProcess",
+    "ParentChannel",
     "PipeReceiveStream",
     "PipeSendStream",
     "Process",
     "ProcessOpener",
     "child_watcher",
     "detach",
+    "fork",
+    "fork_call",
     "open_process",
+    "parent_channel",
     "run_process",
 ]

@@ -1,0 +1,455 @@
+"""``fork`` and ``fork_call``: run a Python callable in an ``os.fork()`` child, get its result.
+
+PHP's ``pcntl_fork`` hands you a pid and leaves the waiting to you. Here the
+child is a :class:`ForkedProcess`: the same :class:`Process` as one from
+``open_process`` (``wait``, signals, the TERM-grace-KILL shutdown, reaping by
+the child watcher), plus :meth:`~ForkedProcess.result` and a message
+:attr:`~ForkedProcess.channel`. What the child runs is in ``_forkchild.py``.
+
+The fork itself runs on the event-loop thread, as a spawn does: it costs about
+what copying the parent's page tables costs, which grows with its memory. It
+is never handed to a worker thread, because then the child would be forked
+from a multi-threaded process by construction.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import pickle
+import signal
+import sys
+import threading
+import warnings
+from collections.abc import Callable, Generator
+from typing import TYPE_CHECKING, Any, Literal
+
+import anyio
+from anyio import BrokenResourceError, ClosedResourceError, EndOfStream, create_task_group
+
+from ._backends import current_backend
+from ._channel import Channel, ParentChannel, frame_size
+from ._forkchild import flush_output, run_child
+from ._native import NativeProcess
+from ._process import check_grace
+from ._spawn import SpawnedChild
+from ._streams import FdReceiveStream, FdSendStream
+from ._watcher._thread import WaiterThread
+
+if TYPE_CHECKING:
+    from types import TracebackType
+
+    from ._backends import Backend
+
+__all__ = ["ChildDied", "ForkOpener", "ForkedProcess", "fork", "fork_call"]
+
+OnThreads = Literal["warn", "refuse", "allow"]
+_ON_THREADS = ("warn", "refuse", "allow")
+_READ_SIZE = 1 << 16
+
+_CPYTHON_FORK_WARNING = r"This process \(pid=\d+\) is multi-threaded, use of fork\(\)"
+
+
+class ChildDied(Exception):
+    """The forked child ended without sending a result back.
+
+    It was killed by a signal (``signal`` is set, ``returncode`` is minus its
+    number), or it exited before ``fn`` returned: ``os._exit()``, ``sys.exit()``,
+    or an uncaught ``KeyboardInterrupt`` (which, as in Python, kills it by SIGINT).
+    """
+
+    def __init__(self, pid: int, returncode: int) -> None:
+        super().__init__(pid, returncode)
+        self.pid = pid
+        self.returncode = returncode
+
+    @property
+    def signal(self) -> signal.Signals | None:
+        """The signal that killed the child, if one did."""
+        return signal.Signals(-self.returncode) if self.returncode < 0 else None
+
+    def __str__(self) -> str:
+        sig = self.signal
+        how = f"was killed by {sig.name}" if sig else f"exited with status {self.returncode}"
+        return f"forked child {self.pid} {how} without sending a result"
+
+
+class ChildTraceback(Exception):
+    """The child's formatted traceback, set as ``__cause__`` of an exception it raised."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__(text)
+        self.text = text
+
+    def __str__(self) -> str:
+        return f'\n"""\n{self.text}"""'
+
+
+def fork(
+    fn: Callable[..., Any],
+    /,
+    *args: Any,
+    grace: float = 5.0,
+    on_threads: OnThreads = "warn",
+    **kwargs: Any,
+) -> ForkOpener:
+    """Fork, and run ``fn(*args, **kwargs)`` in the child.
+
+    Use it as ``async with aioproc.fork(fn, ...) as child:`` (or ``child = await
+    aioproc.fork(fn, ...)``, then ``await child.aclose()``). ``fn`` may be a plain
+    function or an ``async def``, which runs on a fresh event loop of the
+    parent's kind (asyncio, uvloop or trio). Nothing is pickled on the way in:
+    the child has a copy of everything. The child reaches the parent through
+    :func:`aioproc.parent_channel`.
+
+    Leaving the block normally closes the channel and waits for the child; by an
+    exception or a cancellation, the child is stopped first, as an
+    ``open_process`` child is: SIGTERM, ``grace`` seconds, SIGKILL. The result
+    stays available through ``child.result()`` afterwards.
+
+    ``on_threads`` says what to do when other threads run in this process: a
+    child of a multi-threaded process can deadlock on a lock that one of them
+    held at the moment of the fork. ``"warn"`` (a ``RuntimeWarning`` that says
+    so), ``"refuse"`` (``RuntimeError``, nothing forked) or ``"allow"``.
+
+    ``grace`` and ``on_threads`` are taken from the keywords; to pass keywords
+    of those names to ``fn`` itself, use ``functools.partial``.
+    """
+    if not hasattr(os, "fork"):
+        raise RuntimeError(f"aioproc.fork() needs os.fork(), which {sys.platform} does not have")
+    if not callable(fn):
+        raise TypeError(f"fn must be callable, not {type(fn).__name__}: {fn!r}")
+    if on_threads not in _ON_THREADS:
+        choices = ", ".join(map(repr, _ON_THREADS))
+        raise ValueError(f"on_threads must be one of {choices}, not {on_threads!r}")
+    return ForkOpener(fn, args, kwargs, grace=check_grace(grace), on_threads=on_threads)
+
+
+async def fork_call(
+    fn: Callable[..., Any],
+    /,
+    *args: Any,
+    grace: float = 5.0,
+    on_threads: OnThreads = "warn",
+    **kwargs: Any,
+) -> Any:
+    """Fork, run ``fn(*args, **kwargs)`` in the child, and return its result.
+
+    The one-shot form of :func:`fork`: the value ``fn`` returned, or its exception
+    raised here, or :class:`ChildDied`. If this is cancelled, the child is
+    stopped (SIGTERM, ``grace``, SIGKILL) and reaped before the cancellation
+    goes on.
+    """
+    opener = fork(fn, *args, grace=grace, on_threads=on_threads, **kwargs)
+    async with await opener._fork(stacklevel=5) as child:
+        return await child.result()
+
+
+class ForkOpener:
+    """What :func:`fork` returns: use it with ``async with``, or await it."""
+
+    __slots__ = ("_args", "_fn", "_grace", "_kwargs", "_on_threads", "_process")
+
+    def __init__(
+        self,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        *,
+        grace: float,
+        on_threads: OnThreads,
+    ) -> None:
+        self._fn = fn
+        self._args = args
+        self._kwargs = kwargs
+        self._grace = grace
+        self._on_threads = on_threads
+        self._process: ForkedProcess | None = None
+
+    def __await__(self) -> Generator[Any, None, ForkedProcess]:
+        return self._fork().__await__()
+
+    async def __aenter__(self) -> ForkedProcess:
+        self._process = await self._fork()
+        return self._process
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc_val: BaseException | None,
+        exc_tb: TracebackType | None,
+    ) -> None:
+        assert self._process is not None
+        await self._process.__aexit__(exc_type, exc_val, exc_tb)
+
+    async def _fork(self, stacklevel: int = 4) -> ForkedProcess:
+        backend = current_backend()
+        loop_factory = _loop_factory(backend)
+        _check_threads(self._on_threads, stacklevel)
+        # As in open_process: the last point where a cancellation can arrive. From
+        # the fork on, nothing awaits until the caller holds the child.
+        await backend.checkpoint_if_cancelled()
+        flush_output()
+        pipes = _Pipes(backend)
+        pid = 0
+        try:
+            # Blocked until the child has reset its handlers: a signal delivered
+            # in between would run the parent's handler, or write its number
+            # into the parent's event-loop wakeup fd, from the child.
+            sigmask = signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
+            try:
+                pid = _os_fork()
+                if pid == 0:  # pragma: no cover - the child; its coverage is not collected
+                    run_child(
+                        self._fn, self._args, self._kwargs, loop_factory, pipes.child(), sigmask
+                    )
+            finally:
+                signal.pthread_sigmask(signal.SIG_SETMASK, sigmask)
+            pipes.close_childs_ends()
+        except BaseException:
+            pipes.close()
+            if pid > 0:  # a KeyboardInterrupt just after the fork: nobody owns the child yet
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)  # noqa: ASYNC222 - it was just killed: this returns at once
+            raise
+        return ForkedProcess(self._fn, pid, backend, pipes, grace=self._grace)
+
+
+def _os_fork() -> int:
+    if sys.version_info < (3, 12):
+        return os.fork()
+    # Since 3.12 os.fork() warns when other threads run (gh-100228). aioproc has
+    # decided what to say about that already (_check_threads), so it is silenced.
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", _CPYTHON_FORK_WARNING, DeprecationWarning)
+        return os.fork()
+
+
+class _Pipes:
+    """The three pipes of one fork: the result, and the channel both ways.
+
+    Our ends are wrapped in streams before the fork, so the child closes them
+    with every other pipe end held for a child (see ``_streams``).
+    """
+
+    def __init__(self, backend: Backend) -> None:
+        fds: list[int] = []
+        try:
+            for _ in range(3):
+                fds.extend(os.pipe())
+        except BaseException:
+            for fd in fds:
+                os.close(fd)
+            raise
+        result_r, result_w, down_r, down_w, up_r, up_w = fds
+        for fd in (result_r, down_r, down_w, up_r, up_w):
+            os.set_blocking(fd, False)
+        self._childs_ends: tuple[int, ...] = (down_r, up_w, result_w)
+        self.result = FdReceiveStream(result_r, backend)
+        self.channel = Channel(
+            FdReceiveStream(up_r, backend), FdSendStream(down_w, backend), backend
+        )
+
+    def child(self) -> ParentChannel:
+        return ParentChannel(*self._childs_ends)
+
+    def close_childs_ends(self) -> None:
+        fds, self._childs_ends = self._childs_ends, ()
+        for fd in fds:
+            os.close(fd)
+
+    def close(self) -> None:
+        self.close_childs_ends()
+        self.result.close()
+        self.channel.close()
+
+
+def _loop_factory(backend: Backend) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """How the child makes its own loop for an async ``fn``: ``None`` means trio.
+
+    Under uvloop the child gets a uvloop; otherwise asyncio's default loop (a
+    loop class of another library may not be constructible without arguments).
+    """
+    if backend.name == "trio":
+        return None
+    loop_class = type(asyncio.get_running_loop())
+    if loop_class.__module__.partition(".")[0] == "uvloop":
+        return loop_class
+    return asyncio.new_event_loop
+
+
+def _check_threads(on_threads: OnThreads, stacklevel: int) -> None:
+    if on_threads == "allow":
+        return
+    current = threading.current_thread()
+    others = [
+        thread.name
+        for thread in threading.enumerate()
+        if thread is not current and not isinstance(thread, WaiterThread)
+    ]
+    if not others:
+        return
+    message = (
+        f"aioproc.fork(): {len(others)} other thread(s) run in this process "
+        f"({', '.join(others[:5])}{', ...' if len(others) > 5 else ''}). The child is a "
+        "copy of this process with only the forking thread in it: a lock that another "
+        "thread held at that moment (in logging, an import, an allocator, any library) "
+        "stays locked in the child forever, and the child can deadlock on it. Idle "
+        "workers of anyio.to_thread, trio.to_thread or an executor stay about 10 s after "
+        "use. Pass on_threads='allow' if those threads hold nothing the child needs, or "
+        "on_threads='refuse' to make this an error."
+    )
+    if on_threads == "refuse":
+        raise RuntimeError(message)
+    warnings.warn(message, RuntimeWarning, stacklevel=stacklevel)
+
+
+class ForkedProcess(NativeProcess):
+    """A child started by :func:`aioproc.fork`, running a Python callable.
+
+    It is the :class:`Process` an ``open_process`` child is (``pid``,
+    ``returncode``, ``wait()``, ``send_signal()``, ``terminate()``, ``kill()``,
+    ``stop()``, the same shutdown when its block is left early), without stdio
+    pipes, plus :meth:`result` and :attr:`channel`.
+
+    ``fn``'s result comes back on a pipe of its own. Whoever waits for the child
+    (``wait()``, ``result()``, leaving the block) reads that pipe meanwhile: a
+    large result fills the pipe, and the child cannot exit until it is read.
+    """
+
+    def __init__(
+        self,
+        fn: Callable[..., Any],
+        pid: int,
+        backend: Backend,
+        pipes: _Pipes,
+        *,
+        grace: float,
+    ) -> None:
+        self._result_stream = pipes.result
+        self._channel = pipes.channel
+        self._frame = bytearray()
+        self._outcome: tuple[bool, Any] | None = None
+        try:
+            super().__init__(
+                fn,
+                SpawnedChild(pid, None, None, None),
+                backend,
+                leads_group=False,
+                grace=grace,
+                deliver_cancel=None,
+            )
+        except BaseException:
+            self._result_stream.close()
+            self._channel.close()
+            raise
+        self._backend = backend
+        self._collecting = anyio.Lock(fast_acquire=True)
+
+    def __repr__(self) -> str:
+        return f"<ForkedProcess pid={self.pid} returncode={self.returncode} fn={self.args!r}>"
+
+    @property
+    def channel(self) -> Channel:
+        """The parent's end of the message channel: an ``anyio.abc.ObjectStream``."""
+        return self._channel
+
+    async def result(self) -> Any:
+        """Wait for the child to exit; return what ``fn`` returned, or raise what it raised.
+
+        An exception from the child keeps its type; its ``__cause__`` carries the
+        child's formatted traceback. A result or an exception that could not be
+        pickled raises ``pickle.PicklingError`` naming its type. A child that
+        exited or was killed before sending a result raises :class:`ChildDied`.
+        """
+        if self._result_stream._fd >= 0:
+            await self._wait_for_exit()
+        else:
+            await self._backend.checkpoint()
+        if self._outcome is None:
+            self._outcome = self._decode()
+        ok, payload = self._outcome
+        if ok:
+            return payload
+        raise payload
+
+    def _decode(self) -> tuple[bool, Any]:
+        size = frame_size(self._frame)
+        if size < 0 or len(self._frame) < size:
+            returncode = self.returncode
+            assert returncode is not None
+            return False, ChildDied(self.pid, returncode)
+        try:
+            ok, payload = pickle.loads(memoryview(self._frame)[8:size])
+        except Exception as exc:
+            error = pickle.UnpicklingError(
+                f"the result of forked child {self.pid} cannot be unpickled: {exc!r}"
+            )
+            error.__cause__ = exc
+            return False, error
+        finally:
+            self._frame = bytearray()
+        if not ok:
+            raised, text = payload
+            raised.__cause__ = ChildTraceback(text)
+            payload = raised
+        return ok, payload
+
+    # -- reading the result while waiting ---------------------------------------------
+
+    async def _wait_for_exit(self) -> None:
+        # One task at a time reads the result; the others queue here, and find the
+        # work done or take it over if the one before them was cancelled.
+        async with self._collecting:
+            if self._result_stream._fd >= 0 and self.returncode is None:
+                async with create_task_group() as tg:
+                    tg.start_soon(self._read_result)
+                    await super()._wait_for_exit()
+                    tg.cancel_scope.cancel()
+            elif self.returncode is None:
+                await super()._wait_for_exit()
+            # Exited: the rest of what it wrote is in the pipe, at most a pipeful.
+            # Read it without waiting for EOF, which a grandchild holding the pipe
+            # could delay.
+            self._finish_result()
+
+    async def _read_result(self) -> None:
+        stream, frame = self._result_stream, self._frame
+        # Whatever ends the reading early (EOF, a closed or broken pipe), the rest
+        # is settled once the child has exited: see _wait_for_exit.
+        with contextlib.suppress(EndOfStream, ClosedResourceError, BrokenResourceError):
+            while not 0 <= frame_size(frame) <= len(frame):
+                frame += await stream.receive(_READ_SIZE)
+
+    def _finish_result(self) -> None:
+        stream, frame = self._result_stream, self._frame
+        fd = stream._fd
+        if fd < 0:
+            return
+        try:
+            while not 0 <= frame_size(frame) <= len(frame):
+                data = os.read(fd, _READ_SIZE)
+                if not data:
+                    break
+                frame += data
+        except BlockingIOError:
+            pass
+        stream.close()
+
+    # -- what differs from a spawned child on the way out ------------------------------
+
+    def _close_streams(self) -> None:
+        # The channel goes first, as stdout does for a spawned child: a child blocked
+        # on it then fails and exits. The result pipe stays open until it is read.
+        self._channel.close()
+
+    async def stop(self, grace: float | None = None) -> None:
+        await super().stop(grace)
+        if not self._collecting.locked():
+            self._finish_result()
+
+    async def aclose(self) -> None:
+        await super().aclose()
+        if not self._collecting.locked():
+            self._finish_result()

@@ -1,0 +1,234 @@
+"""What runs in a child made by :func:`aioproc.fork`, from the fork to ``os._exit``.
+
+The child starts as a copy of the parent taken in the middle of a running
+event loop, inside one of its tasks. ``FIELD_NOTES.md`` §4 lists how that goes
+wrong; each rule is kept here, where it applies:
+
+* It never returns into the parent's loop: everything runs inside
+  ``try/finally: os._exit()`` and every ``BaseException`` is caught, so no
+  task of the parent ever runs again in the child.
+* It never touches the parent's loop objects (their epoll set is shared with
+  the parent). It only forgets them, so a fresh loop can start: asyncio's
+  running loop, sniffio's and trio's thread-local run state are cleared.
+* Signal handling is reset before any signal can reach the child (the parent
+  blocks them around the fork): no wakeup fd (it would write into the parent's
+  loop), every Python-level handler back to its default (SIGINT to
+  ``default_int_handler``), so SIGTERM kills a child that did not choose
+  otherwise. ``SIG_IGN`` dispositions stay, as across ``exec``.
+* ``gc.freeze()`` first: the garbage the parent had not yet collected is never
+  finalized here (twice-run finalizers, warnings about the parent's objects),
+  and collections do not dirty the parent's pages.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import inspect
+import os
+import pickle
+import signal
+import sys
+import traceback
+from typing import TYPE_CHECKING, Any, NoReturn
+
+from ._channel import pack, set_parent
+
+if TYPE_CHECKING:
+    import asyncio
+    from collections.abc import Callable, Coroutine
+
+    from ._channel import ParentChannel
+
+__all__ = ["flush_output", "run_child"]
+
+_EX_SOFTWARE = 70  # aioproc itself failed in the child (sysexits.h)
+
+
+def run_child(
+    fn: Callable[..., Any],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    loop_factory: Callable[[], asyncio.AbstractEventLoop] | None,
+    channel: ParentChannel,
+    sigmask: set[int],
+) -> NoReturn:
+    """Run ``fn`` in the child, send its outcome to the parent, and exit.
+
+    ``loop_factory`` makes the child's event loop for an async ``fn``: an
+    asyncio loop of the parent's class, or ``None`` for trio.
+    """
+    status = _EX_SOFTWARE
+    try:
+        try:
+            _reset_signals(sigmask)
+            gc.freeze()
+            _forget_event_loops()
+            set_parent(channel)
+            status = _call_and_report(fn, args, kwargs, loop_factory, channel)
+        except BaseException:
+            traceback.print_exc()
+    finally:
+        try:
+            signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
+            flush_output()
+            if status < 0:  # die by that signal, as Python does on KeyboardInterrupt
+                signal.signal(-status, signal.SIG_DFL)
+                signal.pthread_sigmask(signal.SIG_UNBLOCK, {-status})
+                os.kill(os.getpid(), -status)
+        finally:
+            os._exit(status if status >= 0 else 128 - status)
+
+
+def _call_and_report(
+    fn: Callable[..., Any],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    loop_factory: Callable[[], asyncio.AbstractEventLoop] | None,
+    channel: ParentChannel,
+) -> int:
+    """Run ``fn``; send the result frame; return the exit status (negative: die by signal)."""
+    try:
+        value = fn(*args, **kwargs)
+        if inspect.iscoroutine(value):
+            value = _run_coroutine(value, loop_factory)
+    except SystemExit as exc:
+        # An exit, not an error: no result, the status as Python would give it.
+        if exc.code is None or isinstance(exc.code, int):
+            return exc.code or 0
+        print(exc.code, file=sys.stderr)
+        return 1
+    except Exception as exc:
+        frame, status = _pack_exception(fn, exc), 1
+    except BaseException as exc:
+        # KeyboardInterrupt, a stray cancellation: raised in the parent these would
+        # pass for its own. Report and exit as an uncaught one in Python would.
+        traceback.print_exc()
+        return -signal.SIGINT if isinstance(exc, KeyboardInterrupt) else 1
+    else:
+        frame, status = _pack_value(fn, value)
+    with contextlib.suppress(BrokenPipeError):  # the parent has stopped listening
+        channel.send_result(frame)
+    return status
+
+
+def _run_coroutine(
+    coro: Coroutine[Any, Any, Any],
+    loop_factory: Callable[[], asyncio.AbstractEventLoop] | None,
+) -> Any:
+    if loop_factory is None:
+        import trio
+
+        async def main() -> Any:
+            return await coro
+
+        return trio.run(main)
+    import asyncio
+
+    if sys.version_info >= (3, 11):
+        with asyncio.Runner(loop_factory=loop_factory) as runner:
+            return runner.run(coro)
+    return asyncio.run(coro)  # pragma: no cover - Python 3.10: the policy's loop
+
+
+def _pack_value(fn: Callable[..., Any], value: Any) -> tuple[memoryview, int]:
+    try:
+        return pack((True, value)), 0
+    except Exception as exc:
+        error = pickle.PicklingError(
+            f"{_name(fn)} returned a {_type_name(value)}, which cannot be pickled "
+            f"to send it to the parent: {exc}"
+        )
+        return _pack_exception(fn, error, exc), 1
+
+
+def _pack_exception(
+    fn: Callable[..., Any], exc: BaseException, cause: BaseException | None = None
+) -> memoryview:
+    """The frame for a raised exception, with its formatted traceback.
+
+    It is unpickled here once: an exception class whose ``__init__`` does not take
+    its ``args`` back would only fail in the parent, where its type is unknown.
+    """
+    shown = exc if cause is None else cause
+    text = "".join(traceback.format_exception(type(shown), shown, shown.__traceback__))
+    try:
+        frame = pack((False, (exc, text)))
+        pickle.loads(frame[8:])
+    except Exception as problem:
+        error = pickle.PicklingError(
+            f"{_name(fn)} raised {_type_name(exc)}({_safe_str(exc)}), which cannot be "
+            f"sent to the parent: {problem!r}"
+        )
+        frame = pack((False, (error, text)))
+    return frame
+
+
+def _name(fn: Callable[..., Any]) -> str:
+    return f"{getattr(fn, '__qualname__', None) or repr(fn)}()"
+
+
+def _type_name(obj: object) -> str:
+    cls = type(obj)
+    if cls.__module__ == "builtins":
+        return cls.__qualname__
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def _safe_str(exc: BaseException) -> str:
+    try:
+        return repr(str(exc))
+    except Exception:
+        return "?"
+
+
+def _reset_signals(sigmask: set[int]) -> None:
+    signal.set_wakeup_fd(-1)
+    for sig in signal.valid_signals():
+        handler = signal.getsignal(sig)
+        if callable(handler):
+            default = signal.default_int_handler if sig == signal.SIGINT else signal.SIG_DFL
+            if handler is not default:
+                signal.signal(sig, default)
+    signal.pthread_sigmask(signal.SIG_SETMASK, sigmask)
+
+
+def _forget_event_loops() -> None:
+    asyncio = sys.modules.get("asyncio")
+    if asyncio is not None:
+        asyncio.events._set_running_loop(None)
+        if sys.version_info < (3, 12):  # 3.12+ does this at fork itself (gh-66285)
+            policy = asyncio.events._event_loop_policy
+            if isinstance(policy, asyncio.events.BaseDefaultEventLoopPolicy):
+                policy._local = policy._Local()
+    sniffio = sys.modules.get("sniffio")
+    if sniffio is not None:
+        sniffio.thread_local.name = None
+        sniffio.current_async_library_cvar.set(None)
+    trio_run = sys.modules.get("trio._core._run")
+    if trio_run is not None:
+        # What trio.run itself does when a run ends; trio.run refuses to start until then.
+        trio_run.GLOBAL_RUN_CONTEXT.__dict__.clear()
+
+
+def flush_output() -> None:
+    """Flush ``sys.stdout``, ``sys.stderr`` and every logging handler.
+
+    Before a fork, so that nothing buffered is written once by each process; in
+    the child before ``os._exit``, which flushes nothing itself.
+    """
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            if stream is not None:
+                stream.flush()
+        except Exception:
+            pass
+    logging = sys.modules.get("logging")
+    if logging is not None:
+        for ref in list(getattr(logging, "_handlerList", ())):
+            handler = ref()
+            try:
+                if handler is not None:
+                    handler.flush()
+            except Exception:
+                pass
