@@ -174,11 +174,13 @@ class ParentChannel:
             self._receiving = False
 
     def __iter__(self) -> Iterator[Any]:
-        while True:
-            try:
-                yield self.receive()
-            except EndOfStream:
-                return
+        return self
+
+    def __next__(self) -> Any:
+        try:
+            return self.receive()
+        except EndOfStream:
+            raise StopIteration from None
 
     async def asend(self, obj: Any) -> None:
         """Send ``obj`` to the parent from async code, waiting on the child's event loop."""
@@ -214,12 +216,14 @@ class ParentChannel:
         finally:
             self._receiving = False
 
-    async def __aiter__(self) -> AsyncIterator[Any]:
-        while True:
-            try:
-                yield await self.areceive()
-            except EndOfStream:
-                return
+    def __aiter__(self) -> AsyncIterator[Any]:
+        return self
+
+    async def __anext__(self) -> Any:
+        try:
+            return await self.areceive()
+        except EndOfStream:
+            raise StopAsyncIteration from None
 
     def close(self) -> None:
         """Close both directions: the parent's next receive sees the end of the stream."""

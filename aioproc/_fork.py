@@ -142,7 +142,7 @@ async def fork_call(
     goes on.
     """
     opener = fork(fn, *args, grace=grace, on_threads=on_threads, **kwargs)
-    async with await opener._fork(stacklevel=5) as child:
+    async with await opener._fork() as child:  # not `async with opener`: one frame less
         return await child.result()
 
 
@@ -183,13 +183,13 @@ class ForkOpener:
         assert self._process is not None
         await self._process.__aexit__(exc_type, exc_val, exc_tb)
 
-    async def _fork(self, stacklevel: int = 4) -> ForkedProcess:
+    async def _fork(self) -> ForkedProcess:
         backend = current_backend()
         loop_factory = _loop_factory(backend)
-        _check_threads(self._on_threads, stacklevel)
         # As in open_process: the last point where a cancellation can arrive. From
         # the fork on, nothing awaits until the caller holds the child.
         await backend.checkpoint_if_cancelled()
+        _check_threads(self._on_threads)
         flush_output()
         pipes = _Pipes(backend)
         pid = 0
@@ -279,7 +279,7 @@ def _loop_factory(backend: Backend) -> Callable[[], asyncio.AbstractEventLoop] |
     return asyncio.new_event_loop
 
 
-def _check_threads(on_threads: OnThreads, stacklevel: int) -> None:
+def _check_threads(on_threads: OnThreads) -> None:
     if on_threads == "allow":
         return
     current = threading.current_thread()
@@ -302,7 +302,8 @@ def _check_threads(on_threads: OnThreads, stacklevel: int) -> None:
     )
     if on_threads == "refuse":
         raise RuntimeError(message)
-    warnings.warn(message, RuntimeWarning, stacklevel=stacklevel)
+    # Four frames up: the caller of fork_call(), or of `async with fork()`.
+    warnings.warn(message, RuntimeWarning, stacklevel=4)
 
 
 class ForkedProcess(NativeProcess):

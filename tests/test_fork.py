@@ -550,8 +550,13 @@ def other_thread() -> Iterator[threading.Thread]:
 async def test_4_a_thread_makes_fork_warn_by_default(
     anyio_backend: object, other_thread: threading.Thread
 ) -> None:
-    with pytest.warns(RuntimeWarning, match=r"other thread\(s\) .*idle test thread.*deadlock"):
+    with pytest.warns(
+        RuntimeWarning, match=r"other thread\(s\) .*idle test thread.*deadlock"
+    ) as caught:
         assert await aioproc.fork_call(add, 1) == 1
+        async with aioproc.fork(add, 2) as child:
+            assert await child.result() == 2
+    assert [Path(w.filename).name for w in caught] == ["test_fork.py"] * 2  # the caller's line
 
 
 async def test_4_a_thread_makes_fork_refuse_when_asked(
@@ -579,6 +584,32 @@ async def test_4_the_child_watchers_own_threads_do_not_count(anyio_backend: obje
             assert await aioproc.fork_call(add, 1) == 1
         sleeper.terminate()
     assert not [w for w in caught if "aioproc waitid" in str(w.message)]
+
+
+def install_a_handler() -> bool:
+    signal.signal(signal.SIGUSR1, lambda *args: None)
+    return threading.current_thread() is threading.main_thread()
+
+
+def test_a_loop_in_another_thread_can_fork() -> None:
+    # The forking thread is the child's only thread, so it is its main thread,
+    # where signal handlers can be set.
+    results: dict[str, object] = {}
+
+    def run(backend: str) -> None:
+        async def main() -> object:
+            return await aioproc.fork_call(install_a_handler, on_threads="allow")
+
+        try:
+            results[backend] = anyio.run(main, backend=backend)
+        except BaseException as exc:
+            results[backend] = exc
+
+    for backend in ("asyncio", "trio"):
+        thread = threading.Thread(target=run, args=(backend,))
+        thread.start()
+        thread.join()
+    assert results == {"asyncio": True, "trio": True}
 
 
 TO_THREAD_THEN_FORK = """
