@@ -28,6 +28,10 @@ WORKER = [
 ]
 
 
+def sum_of_squares(n: int) -> tuple[int, int]:
+    return os.getpid(), sum(i * i for i in range(n))
+
+
 async def demo() -> None:
     # PHP: $p = proc_open('bash', $spec, $pipes); fwrite($pipes[0], "pwd\n");
     #      echo stream_get_contents($pipes[1]); echo proc_close($p);
@@ -42,6 +46,11 @@ async def demo() -> None:
 
     result = await aioproc.run_process("echo captured by run_process; exit 3", check=False)
     print(f"run_process: {result.stdout.decode().strip()!r}, exit status {result.returncode}")
+
+    # PHP: $pid = pcntl_fork(); if ($pid == 0) { /* compute */ exit(0); }
+    #      pcntl_waitpid($pid, $status);  (and a pipe of your own for the result)
+    pid, total = await aioproc.fork_call(sum_of_squares, 1000)
+    print(f"fork_call: child {pid} computed the sum of squares below 1000: {total}")
 
     # PHP: exec('bash -c "exec nohup setsid php worker.php > /dev/null 2>&1 &"');
     # The master is `python -m aioproc detach`, which awaits aioproc.detach(): it
