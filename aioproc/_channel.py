@@ -120,8 +120,10 @@ class Channel(ObjectStream[Any]):
 
     def close(self) -> None:
         """Close both directions now: the child's next receive sees the end of the stream."""
-        self._sender.close()
+        # The way back first: once the child sees the end, its sends must fail,
+        # not slip into a pipe that nobody will read.
         self._receiver.close()
+        self._sender.close()
 
     async def aclose(self) -> None:
         self.close()
