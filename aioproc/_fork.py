@@ -26,11 +26,11 @@ from collections.abc import Callable, Generator
 from typing import TYPE_CHECKING, Any, Literal
 
 import anyio
-from anyio import BrokenResourceError, ClosedResourceError, EndOfStream, create_task_group
+from anyio import BrokenResourceError, ClosedResourceError, EndOfStream
 
 from ._backends import current_backend
 from ._channel import Channel, ParentChannel, frame_size
-from ._forkchild import flush_output, run_child
+from ._forkchild import ALL_SIGNALS, csignal, flush_output, handlers_to_reset, run_child
 from ._native import NativeProcess
 from ._process import check_grace
 from ._spawn import SpawnedChild
@@ -191,21 +191,23 @@ class ForkOpener:
         await backend.checkpoint_if_cancelled()
         _check_threads(self._on_threads)
         flush_output()
+        resets = handlers_to_reset()
         pipes = _Pipes(backend)
         pid = 0
         try:
             # Blocked until the child has reset its handlers: a signal delivered
             # in between would run the parent's handler, or write its number
             # into the parent's event-loop wakeup fd, from the child.
-            sigmask = signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
+            sigmask = csignal.pthread_sigmask(signal.SIG_BLOCK, ALL_SIGNALS)
             try:
                 pid = _os_fork()
                 if pid == 0:  # pragma: no cover - the child; its coverage is not collected
+                    child = pipes.child()
                     run_child(
-                        self._fn, self._args, self._kwargs, loop_factory, pipes.child(), sigmask
+                        self._fn, self._args, self._kwargs, loop_factory, child, resets, sigmask
                     )
             finally:
-                signal.pthread_sigmask(signal.SIG_SETMASK, sigmask)
+                csignal.pthread_sigmask(signal.SIG_SETMASK, sigmask)
             pipes.close_childs_ends()
         except BaseException:
             pipes.close()
@@ -315,8 +317,8 @@ class ForkedProcess(NativeProcess):
     pipes, plus :meth:`result` and :attr:`channel`.
 
     ``fn``'s result comes back on a pipe of its own. Whoever waits for the child
-    (``wait()``, ``result()``, leaving the block) reads that pipe meanwhile: a
-    large result fills the pipe, and the child cannot exit until it is read.
+    (``wait()``, ``result()``, leaving the block) reads that pipe first: a large
+    result fills the pipe, and the child cannot exit until it is read.
     """
 
     def __init__(
@@ -346,7 +348,8 @@ class ForkedProcess(NativeProcess):
             self._channel.close()
             raise
         self._backend = backend
-        self._collecting = anyio.Lock(fast_acquire=True)
+        self._collecting = False  # a task is reading the result or waiting for the exit
+        self._collected: anyio.Event | None = None  # what the other waiters wait on
 
     def __repr__(self) -> str:
         return f"<ForkedProcess pid={self.pid} returncode={self.returncode} fn={self.args!r}>"
@@ -400,28 +403,33 @@ class ForkedProcess(NativeProcess):
     # -- reading the result while waiting ---------------------------------------------
 
     async def _wait_for_exit(self) -> None:
-        # One task at a time reads the result; the others queue here, and find the
-        # work done or take it over if the one before them was cancelled.
-        async with self._collecting:
-            if self._result_stream._fd >= 0 and self.returncode is None:
-                async with create_task_group() as tg:
-                    tg.start_soon(self._read_result)
-                    await super()._wait_for_exit()
-                    tg.cancel_scope.cancel()
-            elif self.returncode is None:
+        # Read the result first, then wait for the exit: one task, one wait at a
+        # time, which matters because a fork copies the page tables and every page
+        # either process writes afterwards costs a fault (a copy while both live).
+        # Reading first cannot hang: the result pipe is private to the child, its
+        # write end is closed in anything the child forks and on exec, so its EOF
+        # comes with the child's exit at the latest.
+        # One task at a time collects: the others wait for it to be done, and if it
+        # was cancelled instead, one of them takes over where it stopped.
+        while self._collecting:
+            if self._collected is None:
+                self._collected = anyio.Event()
+            await self._collected.wait()
+        self._collecting = True
+        try:
+            stream, frame = self._result_stream, self._frame
+            if stream._fd >= 0:
+                with contextlib.suppress(EndOfStream, ClosedResourceError, BrokenResourceError):
+                    while not 0 <= frame_size(frame) <= len(frame):
+                        frame += await stream.receive(_READ_SIZE)
+            if self.returncode is None:
                 await super()._wait_for_exit()
-            # Exited: the rest of what it wrote is in the pipe, at most a pipeful.
-            # Read it without waiting for EOF, which a grandchild holding the pipe
-            # could delay.
             self._finish_result()
-
-    async def _read_result(self) -> None:
-        stream, frame = self._result_stream, self._frame
-        # Whatever ends the reading early (EOF, a closed or broken pipe), the rest
-        # is settled once the child has exited: see _wait_for_exit.
-        with contextlib.suppress(EndOfStream, ClosedResourceError, BrokenResourceError):
-            while not 0 <= frame_size(frame) <= len(frame):
-                frame += await stream.receive(_READ_SIZE)
+        finally:
+            self._collecting = False
+            if self._collected is not None:
+                self._collected.set()
+                self._collected = None
 
     def _finish_result(self) -> None:
         stream, frame = self._result_stream, self._frame
@@ -447,10 +455,10 @@ class ForkedProcess(NativeProcess):
 
     async def stop(self, grace: float | None = None) -> None:
         await super().stop(grace)
-        if not self._collecting.locked():
+        if not self._collecting:
             self._finish_result()
 
     async def aclose(self) -> None:
         await super().aclose()
-        if not self._collecting.locked():
+        if not self._collecting:
             self._finish_result()
