@@ -347,7 +347,6 @@ class ForkedProcess(NativeProcess):
             self._result_stream.close()
             self._channel.close()
             raise
-        self._backend = backend
         self._collecting = False  # a task is reading the result or waiting for the exit
         self._collected: anyio.Event | None = None  # what the other waiters wait on
 
@@ -367,7 +366,7 @@ class ForkedProcess(NativeProcess):
         pickled raises ``pickle.PicklingError`` naming its type. A child that
         exited or was killed before sending a result raises :class:`ChildDied`.
         """
-        if self._result_stream._fd >= 0:
+        if not self._result_stream.closed:
             await self._wait_for_exit()
         else:
             await self._backend.checkpoint()
@@ -418,7 +417,7 @@ class ForkedProcess(NativeProcess):
         self._collecting = True
         try:
             stream, frame = self._result_stream, self._frame
-            if stream._fd >= 0:
+            if not stream.closed:
                 with contextlib.suppress(EndOfStream, ClosedResourceError, BrokenResourceError):
                     while not 0 <= frame_size(frame) <= len(frame):
                         frame += await stream.receive(_READ_SIZE)
@@ -447,6 +446,14 @@ class ForkedProcess(NativeProcess):
         stream.close()
 
     # -- what differs from a spawned child on the way out ------------------------------
+
+    async def _communicate(
+        self, input: bytes | bytearray | memoryview | None, *, feed_stdin: bool
+    ) -> tuple[bytes | None, bytes | None]:
+        # No stdio to feed or read; what matters is to read the result meanwhile.
+        self._check_communicate(input)
+        await self.wait()
+        return None, None
 
     def _close_streams(self) -> None:
         # The channel goes first, as stdout does for a spawned child: a child blocked
