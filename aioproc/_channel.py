@@ -67,10 +67,11 @@ def unpack(buffer: bytearray) -> tuple[bool, Any]:
     size = frame_size(buffer)
     if size < 0 or len(buffer) < size:
         return False, None
-    with memoryview(buffer) as view:
-        obj = pickle.loads(view[_HEADER.size : size])
+    # Taken out before unpickling: a message that fails to unpickle is lost, but
+    # does not block the ones after it.
+    data = buffer[_HEADER.size : size]
     del buffer[:size]
-    return True, obj
+    return True, pickle.loads(data)
 
 
 class Channel(ObjectStream[Any]):

@@ -402,12 +402,11 @@ class ForkedProcess(NativeProcess):
     # -- reading the result while waiting ---------------------------------------------
 
     async def _wait_for_exit(self) -> None:
-        # Read the result first, then wait for the exit: one task, one wait at a
-        # time, which matters because a fork copies the page tables and every page
-        # either process writes afterwards costs a fault (a copy while both live).
-        # Reading first cannot hang: the result pipe is private to the child, its
-        # write end is closed in anything the child forks and on exec, so its EOF
-        # comes with the child's exit at the latest.
+        # Read the result, then wait for the exit: one wait at a time in one task,
+        # no task group. That matters after a fork, where each page either process
+        # writes costs a fault. Reading first cannot hang: the result pipe is the
+        # child's alone (closed on exec and in whatever it forks), so its EOF comes
+        # with the child's exit at the latest.
         # One task at a time collects: the others wait for it to be done, and if it
         # was cancelled instead, one of them takes over where it stopped.
         while self._collecting:

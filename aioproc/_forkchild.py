@@ -109,7 +109,7 @@ def _call_and_report(
     except SystemExit as exc:
         # An exit, not an error: no result, the status as Python would give it.
         if exc.code is None or isinstance(exc.code, int):
-            return exc.code or 0
+            return (exc.code or 0) & 0xFF  # sys.exit(-1) is status 255, not a signal
         print(exc.code, file=sys.stderr)
         return 1
     except Exception as exc:

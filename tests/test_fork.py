@@ -182,11 +182,12 @@ def interrupt_myself() -> None:
     [
         (os._exit, (3,), 3),
         (sys.exit, (4,), 4),
+        (sys.exit, (-1,), 255),
         (sys.exit, (), 0),
         (kill_myself, (), -signal.SIGKILL),
         (interrupt_myself, (), -signal.SIGINT),
     ],
-    ids=["os._exit", "sys.exit", "sys.exit()", "SIGKILL", "KeyboardInterrupt"],
+    ids=["os._exit", "sys.exit", "sys.exit(-1)", "sys.exit()", "SIGKILL", "KeyboardInterrupt"],
 )
 async def test_a_child_that_ends_without_a_result_raises_child_died(
     anyio_backend: object, fn: Any, args: tuple[int, ...], returncode: int
@@ -293,6 +294,27 @@ async def test_a_message_that_cannot_be_pickled_leaves_the_channel_usable(
         await child.channel.send(21)
         assert await child.channel.receive() == 42
         await child.channel.send_eof()
+
+
+class Unloadable:
+    """Pickles, but fails to unpickle."""
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (int, ("not a number",))
+
+
+def send_unloadable_then_fine() -> None:
+    parent_channel().send(Unloadable())
+    parent_channel().send("fine")
+
+
+async def test_a_message_that_cannot_be_unpickled_does_not_block_the_next(
+    anyio_backend: object,
+) -> None:
+    async with aioproc.fork(send_unloadable_then_fine) as child:
+        with pytest.raises(ValueError, match="invalid literal"):
+            await child.channel.receive()
+        assert await child.channel.receive() == "fine"
 
 
 def test_parent_channel_exists_only_in_a_forked_child() -> None:
