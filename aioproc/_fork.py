@@ -31,7 +31,7 @@ from anyio import BrokenResourceError, ClosedResourceError, EndOfStream
 from ._backends import current_backend
 from ._channel import Channel, ParentChannel, frame_size
 from ._forkchild import ALL_SIGNALS, csignal, flush_output, handlers_to_reset, run_child
-from ._native import NativeProcess
+from ._native import NativeProcess, _drain
 from ._process import check_grace
 from ._spawn import SpawnedChild
 from ._streams import FdReceiveStream, FdSendStream
@@ -430,19 +430,14 @@ class ForkedProcess(NativeProcess):
                 self._collected = None
 
     def _finish_result(self) -> None:
-        stream, frame = self._result_stream, self._frame
-        fd = stream._fd
-        if fd < 0:
-            return
-        try:
-            while not 0 <= frame_size(frame) <= len(frame):
-                data = os.read(fd, _READ_SIZE)
-                if not data:
-                    break
-                frame += data
-        except BlockingIOError:
-            pass
-        stream.close()
+        # The child has exited: what is left in the pipe is there now, at most a
+        # pipeful. Read it without waiting (the pipe end is non-blocking).
+        stream = self._result_stream
+        if not stream.closed:
+            chunks: list[bytes] = []
+            _drain(stream._fd, chunks)
+            self._frame += b"".join(chunks)
+            stream.close()
 
     # -- what differs from a spawned child on the way out ------------------------------
 
