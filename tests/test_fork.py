@@ -709,35 +709,6 @@ async def test_5_a_sibling_sees_eof_and_exits_while_a_fork_child_lives(
         assert await child.result() == "go"
 
 
-def test_5_a_child_does_not_take_locks_the_watchers_threads_may_hold() -> None:
-    # A waiter thread of the thread watcher holds its notifier's lock for an
-    # instant after its child exits. Forked at that instant, the child has the lock
-    # held forever and no thread to release it: forgetting must not take it.
-    from aioproc._watcher._thread import ThreadNotifier
-
-    sleeper = subprocess.Popen(["sleep", "60"])
-    notifier = ThreadNotifier(sleeper.pid)
-    try:
-        with notifier._lock:  # as the waiter thread would, mid-write
-            pid = os.fork()
-            if pid == 0:
-                try:
-                    notifier.forget_after_fork()
-                finally:
-                    os._exit(0)
-        deadline = time.monotonic() + 30
-        while os.waitpid(pid, os.WNOHANG) == (0, 0):
-            if time.monotonic() > deadline:
-                os.kill(pid, signal.SIGKILL)
-                os.waitpid(pid, 0)
-                pytest.fail("the forked child hung on the notifier's lock")
-            time.sleep(0.01)
-    finally:
-        sleeper.kill()
-        sleeper.wait()
-        notifier.close()
-
-
 async def test_6_a_hundred_concurrent_fork_calls(anyio_backend: object) -> None:
     results: dict[int, int] = {}
 
