@@ -39,20 +39,35 @@ if TYPE_CHECKING:
     from ._backends import Backend
     from ._streams import FdReceiveStream, FdSendStream
 
-__all__ = ["Channel", "ParentChannel", "pack", "parent_channel", "unpack"]
+__all__ = ["Channel", "ParentChannel", "pack", "parent_channel", "type_name", "unpack"]
 
 _HEADER = struct.Struct(">Q")
 _CHUNK = 65536
 
 
 def pack(obj: object) -> memoryview:
-    """Pickle ``obj`` into one frame, written in place behind room for its header."""
+    """Pickle ``obj`` into one frame, written in place behind room for its header.
+
+    What cannot be pickled raises ``pickle.PicklingError`` naming its type (pickle
+    itself raises ``TypeError`` for some, ``AttributeError`` for others).
+    """
     buffer = io.BytesIO()
     buffer.write(bytes(_HEADER.size))
-    pickle.dump(obj, buffer, protocol=pickle.HIGHEST_PROTOCOL)
+    try:
+        pickle.dump(obj, buffer, protocol=pickle.HIGHEST_PROTOCOL)
+    except Exception as exc:
+        raise pickle.PicklingError(f"a {type_name(obj)} cannot be pickled: {exc}") from exc
     frame = buffer.getbuffer()
     _HEADER.pack_into(frame, 0, len(frame) - _HEADER.size)
     return frame
+
+
+def type_name(obj: object) -> str:
+    """The qualified name of the type of ``obj``, as messages about it show it."""
+    cls = type(obj)
+    if cls.__module__ == "builtins":
+        return cls.__qualname__
+    return f"{cls.__module__}.{cls.__qualname__}"
 
 
 def frame_size(buffer: bytearray) -> int:

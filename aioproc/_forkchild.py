@@ -32,7 +32,7 @@ import sys
 import traceback
 from typing import TYPE_CHECKING, Any, NoReturn
 
-from ._channel import pack, set_parent
+from ._channel import pack, set_parent, type_name
 
 if TYPE_CHECKING:
     import asyncio
@@ -150,7 +150,7 @@ def _pack_value(fn: Callable[..., Any], value: Any) -> tuple[memoryview, int]:
         return pack((True, value)), 0
     except Exception as exc:
         error = pickle.PicklingError(
-            f"{_name(fn)} returned a {_type_name(value)}, which cannot be pickled "
+            f"{_name(fn)} returned a {type_name(value)}, which cannot be pickled "
             f"to send it to the parent: {exc}"
         )
         return _pack_exception(fn, error, exc), 1
@@ -171,7 +171,7 @@ def _pack_exception(
         pickle.loads(frame[8:])
     except Exception as problem:
         error = pickle.PicklingError(
-            f"{_name(fn)} raised {_type_name(exc)}({_safe_str(exc)}), which cannot be "
+            f"{_name(fn)} raised {type_name(exc)}({_safe_str(exc)}), which cannot be "
             f"sent to the parent: {problem!r}"
         )
         frame = pack((False, (error, text)))
@@ -180,13 +180,6 @@ def _pack_exception(
 
 def _name(fn: Callable[..., Any]) -> str:
     return f"{getattr(fn, '__qualname__', None) or repr(fn)}()"
-
-
-def _type_name(obj: object) -> str:
-    cls = type(obj)
-    if cls.__module__ == "builtins":
-        return cls.__qualname__
-    return f"{cls.__module__}.{cls.__qualname__}"
 
 
 def _safe_str(exc: BaseException) -> str:

@@ -1,4 +1,9 @@
-"""Cancellation at every await point of open_process and run_process leaves nothing behind.
+"""Cancellation at every await point of each API leaves nothing behind.
+
+open_process (reading and writing), run_process, fork and fork_call (with the
+channel in use) and detach are each cancelled at their 1st, 2nd, 3rd ... await
+point until they complete. After each run: no child of ours alive or a zombie,
+the fds as before, and the exception that came out is the cancellation.
 
 See ``cancel_sweep.py`` for how each await point is reached. The asyncio engine
 awaits inside asyncio's own streams, out of the sweep's reach; it is swept by
@@ -10,12 +15,13 @@ from __future__ import annotations
 import os
 
 import anyio
+import anyio.lowlevel
 import pytest
 
 import aioproc
 
 from .cancel_sweep import Sweep
-from .helpers import children_of_us, open_fds
+from .helpers import Strays, children_of_us, open_fds, soak
 
 DATA = os.urandom(200_000)
 
@@ -70,16 +76,63 @@ async def stop_a_stubborn_child() -> None:
             raise KeyError("leave early")
 
 
+def square(x: int) -> int:
+    return x * x
+
+
+async def call_a_fork() -> None:
+    assert await aioproc.fork_call(square, 12, on_threads="allow") == 144
+
+
+def echo_over_the_channel() -> int:
+    channel = aioproc.parent_channel()
+    count = 0
+    for message in channel:
+        channel.send(message)
+        count += 1
+    return count
+
+
+async def talk_to_a_fork() -> None:
+    async with aioproc.fork(echo_over_the_channel, on_threads="allow") as child:
+        for index in range(20):
+            await child.channel.send(("ping", index, b"x" * 1000))
+            assert await child.channel.receive() == ("ping", index, b"x" * 1000)
+        await child.channel.send_eof()
+        assert await child.result() == 20
+
+
 @pytest.mark.parametrize(
-    "scenario", [talk_to_cat, run_through_cat, read_lines, stop_a_stubborn_child]
+    "scenario",
+    [talk_to_cat, run_through_cat, read_lines, stop_a_stubborn_child, call_a_fork, talk_to_a_fork],
 )
 async def test_cancel_at_every_await(
     anyio_backend: object, sweep: Sweep, scenario: object, record_property: object
 ) -> None:
-    swept = await sweep.run(scenario)  # type: ignore[arg-type]
+    # Timing decides which reads must wait, so each run may meet other await
+    # points: the soak mode sweeps each scenario again and again.
+    for _ in range(10 if soak() else 1):
+        swept = await sweep.run(scenario)  # type: ignore[arg-type]
+        assert swept > 0
+        record_property("await_points", swept)  # type: ignore[operator]
+        print(f"{scenario.__name__}: {swept} await points swept")  # type: ignore[attr-defined]
+
+
+async def test_detach_cancelled_at_every_await(
+    anyio_backend: object, sweep: Sweep, strays: Strays
+) -> None:
+    """A detach cancelled before it forks starts nothing; after, it still hands the pid over."""
+    started: list[int] = []
+
+    async def detach_one() -> None:
+        detached = await aioproc.detach(["sleep", "30"])
+        started.append(strays.add(detached.pid))
+        await anyio.lowlevel.checkpoint()
+
+    swept = await sweep.run(detach_one)
     assert swept > 0
-    record_property("await_points", swept)  # type: ignore[operator]
-    print(f"{scenario.__name__}: {swept} await points swept")  # type: ignore[attr-defined]
+    assert started, "no run got as far as the pid"
+    print(f"detach: {swept} await points swept")
 
 
 async def test_asyncio_engine_cancelled_at_stepped_deadlines(anyio_backend: object) -> None:

@@ -1,7 +1,8 @@
 """Bytes go through a child intact, whatever the sizes of writes and reads.
 
 Random payloads (0 to 64 MiB in soak mode, 0 to 4 MiB otherwise) go through
-``cat`` with random write and read chunk sizes, and their sha256 must match.
+``cat`` with random write and read chunk sizes, and through a forked echo over
+the fork channel, and their sha256 must match.
 Then 256 MiB (64 MiB outside soak mode) go in while as much comes out, with
 no deadlock. ``BYTES_PUSHED`` counts what went through, for the report.
 """
@@ -87,6 +88,39 @@ async def test_run_process_round_trip(engine: str) -> None:
     result = await aioproc.run_process(["cat"], input=data, engine=engine)  # type: ignore[arg-type]
     BYTES_PUSHED["total"] += 2 * len(data)
     assert hashlib.sha256(result.stdout).digest() == hashlib.sha256(data).digest()
+
+
+def _echo() -> int:
+    channel = aioproc.parent_channel()
+    count = 0
+    for message in channel:
+        channel.send(message)
+        count += 1
+    return count
+
+
+@settings(
+    max_examples=20 if soak() else 4,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(
+    sizes=st.lists(st.integers(0, MAX_SIZE // 4), min_size=1, max_size=8),
+    seed=st.integers(0, 2**32),
+)
+async def test_random_messages_through_a_forked_echo(
+    anyio_backend: object, sizes: list[int], seed: int
+) -> None:
+    """The channel both ways: each message comes back whole and in order."""
+    async with aioproc.fork(_echo, on_threads="allow") as child:
+        for index, size in enumerate(sizes):
+            data = _payload(size, seed + index)
+            await child.channel.send(data)
+            echoed = await child.channel.receive()
+            assert hashlib.sha256(echoed).digest() == hashlib.sha256(data).digest()
+            BYTES_PUSHED["total"] += 2 * size
+        await child.channel.send_eof()
+        assert await child.result() == len(sizes)
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -353,45 +353,7 @@ async def test_exec_errors_are_raised_as_open_process_raises_them(
     assert str(by_detach.value) == str(by_open_process.value)
 
 
-STDOUT_IN_A_MISSING_DIR = "/no/such/dir/out.log"
-
-BAD_INPUT: list[tuple[str, dict[str, Any], type[Exception], str]] = [
-    # (case, arguments, exception, text the message must contain)
-    ("empty list", {"command": []}, ValueError, "command is empty"),
-    ("command not a sequence", {"command": 42}, TypeError, "not int: 42"),
-    ("int argument", {"command": ["echo", 42]}, TypeError, "command argument 1"),
-    (
-        "PIPE for stdout",
-        {"stdout": subprocess.PIPE},
-        ValueError,
-        "stdout=PIPE is not valid for a detached",
-    ),
-    ("PIPE for stdin", {"stdin": subprocess.PIPE}, ValueError, "stdin=PIPE is not valid"),
-    ("STDOUT for stdout", {"stdout": subprocess.STDOUT}, ValueError, "stdout=STDOUT is not valid"),
-    ("negative fd", {"stderr": -7}, ValueError, "stderr=-7"),
-    ("stream of a wrong type", {"stdout": 1.5}, TypeError, "stdout must be DEVNULL, a path"),
-    (
-        "stdout in a missing directory",
-        {"stdout": STDOUT_IN_A_MISSING_DIR},
-        FileNotFoundError,
-        STDOUT_IN_A_MISSING_DIR,
-    ),
-    ("bad env", {"env": {"A": 1}}, TypeError, "int"),
-    ("unknown keyword", {"shell": True}, TypeError, "unexpected keyword argument 'shell'"),
-]
-
-
-@pytest.mark.parametrize(
-    ("case", "arguments", "error", "text"), BAD_INPUT, ids=[row[0] for row in BAD_INPUT]
-)
-async def test_bad_input(
-    anyio_backend: object, case: str, arguments: dict[str, Any], error: type[Exception], text: str
-) -> None:
-    kwargs = dict(arguments)
-    command = kwargs.pop("command", ["true"])
-    with pytest.raises(error) as caught:
-        await aioproc.detach(command, **kwargs)
-    assert text in str(caught.value)
+# Bad input: tests/test_bad_input.py walks detach's table in the README.
 
 
 # -- cancellation -----------------------------------------------------------------------

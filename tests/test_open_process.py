@@ -66,11 +66,32 @@ async def test_returncode_appears_without_wait(engine: str) -> None:
         assert process.returncode == 0
 
 
-@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM, signal.SIGINT])
+@pytest.mark.parametrize(
+    "sig", [signal.SIGKILL, signal.SIGTERM, signal.SIGINT, signal.SIGSEGV, signal.SIGABRT]
+)
 async def test_killed_by_signal_gives_minus_n(engine: str, sig: signal.Signals) -> None:
-    async with aioproc.open_process(["sleep", "30"], engine=engine) as process:
+    # No core file for the signals that would dump one.
+    async with aioproc.open_process(
+        ["sh", "-c", "ulimit -c 0; exec sleep 30"], engine=engine
+    ) as process:
+        await anyio.sleep(0.1)  # let the shell reach the exec
         process.send_signal(sig)
         assert await process.wait() == -sig
+
+
+async def test_a_child_that_closes_stdout_and_runs_on(engine: str) -> None:
+    """EOF on stdout says nothing about the exit: wait() and aclose() wait for the exit."""
+    async with aioproc.open_process(
+        ["sh", "-c", "exec >&- 2>&-; sleep 0.5; exit 7"], engine=engine
+    ) as process:
+        assert process.stdout is not None
+        assert await process.stdout.read_all() == b""
+        with anyio.fail_after(10):
+            assert await process.wait() == 7
+    process = await aioproc.open_process(["sh", "-c", "exec >&-; sleep 0.5"], engine=engine)
+    with anyio.fail_after(10):
+        await process.aclose()
+    assert process.returncode == 0
 
 
 async def test_terminate_and_kill(engine: str) -> None:

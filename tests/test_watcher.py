@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import threading
+import warnings
 
 import anyio
 import pytest
@@ -227,3 +228,43 @@ async def test_a_fork_while_a_waiter_thread_holds_its_lock_does_not_hang(
     with anyio.fail_after(30):
         result = await aioproc.run_process(helper_code(anyio_backend, body), env=env)
     assert result.stdout == b"forked\n"
+
+
+def _exit_with(code: int) -> None:
+    os._exit(code)
+
+
+async def test_neighbours_keep_their_exit_statuses(anyio_backend: object) -> None:
+    """Children of Popen, of asyncio and of multiprocessing, started by other code in
+    this process, keep their true statuses while aioproc runs hundreds of its own."""
+    import multiprocessing
+
+    # The fork start method (forkserver and spawn leave helper processes behind).
+    # Python warns that this test process may have threads; the child only exits.
+    mp_child = multiprocessing.get_context("fork").Process(target=_exit_with, args=(43,))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        mp_child.start()
+    popen_child = subprocess.Popen(["sh", "-c", "sleep 0.3; exit 42"])
+    asyncio_status: list[int] = []
+
+    async def asyncio_neighbour() -> None:
+        import asyncio
+
+        child = await asyncio.create_subprocess_exec("sh", "-c", "sleep 0.3; exit 44")
+        asyncio_status.append(await child.wait())
+
+    try:
+        async with anyio.create_task_group() as tg:
+            if anyio_backend != "trio":
+                tg.start_soon(asyncio_neighbour)
+            for _ in range(300):
+                tg.start_soon(aioproc.run_process, ["true"])
+        assert popen_child.wait() == 42
+        mp_child.join()
+        assert mp_child.exitcode == 43
+        assert asyncio_status == ([] if anyio_backend == "trio" else [44])
+    finally:
+        popen_child.wait()
+        mp_child.join()
+        mp_child.close()
