@@ -65,6 +65,7 @@ TRIO_RUN = "trio.run_process"
 TRIO_OPEN = "trio.lowlevel.open_process"
 ANYIO_RUN = "anyio.run_process"
 ANYIO_OPEN = "anyio.open_process"
+AIOPROC_RUN = "aioproc.run_process"
 
 LIMIT_POPEN = Impl("limit: Popen")
 LIMIT_POSIX_SPAWN = Impl("limit: posix_spawn + waitpid")
@@ -89,6 +90,11 @@ def open_style() -> list[Impl]:
 def run_style() -> list[Impl]:
     """The peers' run-to-completion functions (they buffer all output, so only for spawning)."""
     return [Impl(TRIO_RUN, "trio"), Impl(ANYIO_RUN, "asyncio"), Impl(ANYIO_RUN, "trio")]
+
+
+def aioproc_run_style() -> list[Impl]:
+    """``aioproc.run_process`` on each loop, to set beside the peers' :func:`run_style` rows."""
+    return [Impl(AIOPROC_RUN, "asyncio"), Impl(AIOPROC_RUN, "uvloop"), Impl(AIOPROC_RUN, "trio")]
 
 
 def engine_of(impl: Impl) -> Literal["asyncio"] | None:

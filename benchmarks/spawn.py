@@ -19,6 +19,7 @@ from typing import Any
 from ._core import (
     AIOPROC,
     AIOPROC_ASYNCIO_ENGINE,
+    AIOPROC_RUN,
     ANYIO_OPEN,
     ANYIO_RUN,
     ASYNCIO,
@@ -31,6 +32,7 @@ from ._core import (
     Measurement,
     Metric,
     Mode,
+    aioproc_run_style,
     cpu_seconds,
     devnull,
     engine_of,
@@ -76,6 +78,16 @@ def _async_spawner(impl: Impl, pipes: bool) -> Callable[[], Awaitable[None]]:
                 await process.wait()
 
         return aioproc_once
+    if impl.api == AIOPROC_RUN:
+        import aioproc
+
+        async def aioproc_run_once() -> None:
+            if pipes:
+                await aioproc.run_process(CMD, input=b"")
+            else:
+                await aioproc.run_process(CMD, stdin=stdio, stdout=stdio, stderr=stdio)
+
+        return aioproc_run_once
     if impl.api == ASYNCIO:
         import asyncio
 
@@ -191,7 +203,7 @@ def run(impl: Impl, params: dict[str, Any]) -> dict[str, float]:
 MEASUREMENT = Measurement(
     name="spawn",
     title="Spawn rate: sequential spawn + wait of /bin/true",
-    impls=(*open_style(), *run_style(), LIMIT_POPEN, LIMIT_POSIX_SPAWN),
+    impls=(*open_style(), *aioproc_run_style(), *run_style(), LIMIT_POPEN, LIMIT_POSIX_SPAWN),
     reference=LIMIT_POPEN,
     metrics=(
         Metric("rate", "spawns/s", higher_is_better=True),
