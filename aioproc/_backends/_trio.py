@@ -9,31 +9,41 @@ __all__ = ["TrioBackend", "TrioFdWatch"]
 
 
 class TrioFdWatch:
-    __slots__ = ("_fd",)
+    __slots__ = ("_fd", "_waiters")
 
     def __init__(self, fd: int) -> None:
         self._fd = fd
+        self._waiters = 0
 
     async def wait_readable(self) -> None:
         if self._fd < 0:
             raise ClosedResourceError
+        self._waiters += 1
         try:
             await trio.lowlevel.wait_readable(self._fd)
         except trio.ClosedResourceError:
             raise ClosedResourceError from None
+        finally:
+            self._waiters -= 1
 
     async def wait_writable(self) -> None:
         if self._fd < 0:
             raise ClosedResourceError
+        self._waiters += 1
         try:
             await trio.lowlevel.wait_writable(self._fd)
         except trio.ClosedResourceError:
             raise ClosedResourceError from None
+        finally:
+            self._waiters -= 1
 
     def close(self) -> None:
-        if self._fd >= 0:
+        # notify_closing() wakes the waiters and drops trio's registration, an
+        # epoll_ctl each time. With nobody waiting there is nothing to wake, and
+        # whatever the kernel still holds for the fd goes when the fd is closed.
+        if self._fd >= 0 and self._waiters:
             trio.lowlevel.notify_closing(self._fd)
-            self._fd = -1
+        self._fd = -1
 
 
 class TrioBackend:
