@@ -22,7 +22,7 @@ import signal
 import sys
 import threading
 import warnings
-from collections.abc import Callable, Generator
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Literal
 
 import anyio
@@ -32,14 +32,12 @@ from ._backends import current_backend
 from ._channel import Channel, ParentChannel, frame_size
 from ._forkchild import ALL_SIGNALS, csignal, flush_output, handlers_to_reset, run_child
 from ._native import NativeProcess, _drain
-from ._process import check_grace
+from ._process import Opener, check_grace
 from ._spawn import SpawnedChild
 from ._streams import FdReceiveStream, FdSendStream
 from ._watcher._thread import WaiterThread
 
 if TYPE_CHECKING:
-    from types import TracebackType
-
     from ._backends import Backend
 
 __all__ = ["ChildDied", "ForkOpener", "ForkedProcess", "fork", "fork_call"]
@@ -142,14 +140,14 @@ async def fork_call(
     goes on.
     """
     opener = fork(fn, *args, grace=grace, on_threads=on_threads, **kwargs)
-    async with await opener._fork() as child:  # not `async with opener`: one frame less
+    async with await opener._open() as child:  # not `async with opener`: one frame less
         return await child.result()
 
 
-class ForkOpener:
+class ForkOpener(Opener["ForkedProcess"]):
     """What :func:`fork` returns: use it with ``async with``, or await it."""
 
-    __slots__ = ("_args", "_fn", "_grace", "_kwargs", "_on_threads", "_process")
+    __slots__ = ("_args", "_fn", "_grace", "_kwargs", "_on_threads")
 
     def __init__(
         self,
@@ -160,30 +158,14 @@ class ForkOpener:
         grace: float,
         on_threads: OnThreads,
     ) -> None:
+        super().__init__()
         self._fn = fn
         self._args = args
         self._kwargs = kwargs
         self._grace = grace
         self._on_threads = on_threads
-        self._process: ForkedProcess | None = None
 
-    def __await__(self) -> Generator[Any, None, ForkedProcess]:
-        return self._fork().__await__()
-
-    async def __aenter__(self) -> ForkedProcess:
-        self._process = await self._fork()
-        return self._process
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc_val: BaseException | None,
-        exc_tb: TracebackType | None,
-    ) -> None:
-        assert self._process is not None
-        await self._process.__aexit__(exc_type, exc_val, exc_tb)
-
-    async def _fork(self) -> ForkedProcess:
+    async def _open(self) -> ForkedProcess:
         backend = current_backend()
         loop_factory = _loop_factory(backend)
         # As in open_process: the last point where a cancellation can arrive. From

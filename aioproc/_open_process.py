@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import subprocess
-from collections.abc import Awaitable, Callable, Generator, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
 from ._backends import current_backend
-from ._process import Process, check_grace
+from ._process import Opener, Process, check_grace
 from ._spawn import FileSpec, SpawnRequest, StrOrBytesPath, spawn
 
 if TYPE_CHECKING:
-    from types import TracebackType
+    pass
 
 __all__ = ["ENGINES", "ProcessOpener", "open_process"]
 
@@ -98,10 +98,10 @@ def open_process(
     )
 
 
-class ProcessOpener:
+class ProcessOpener(Opener[Process]):
     """What :func:`open_process` returns: await it, or use it with ``async with``."""
 
-    __slots__ = ("_command", "_deliver_cancel", "_engine", "_grace", "_options", "_process")
+    __slots__ = ("_command", "_deliver_cancel", "_engine", "_grace", "_options")
 
     def __init__(
         self,
@@ -112,28 +112,12 @@ class ProcessOpener:
         deliver_cancel: Callable[[Process], Awaitable[object]] | None,
         engine: Engine | None,
     ) -> None:
+        super().__init__()
         self._command = command
         self._options = options
         self._grace = grace
         self._deliver_cancel = deliver_cancel
         self._engine = engine
-        self._process: Process | None = None
-
-    def __await__(self) -> Generator[Any, None, Process]:
-        return self._open().__await__()
-
-    async def __aenter__(self) -> Process:
-        self._process = await self._open()
-        return self._process
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc_val: BaseException | None,
-        exc_tb: TracebackType | None,
-    ) -> None:
-        assert self._process is not None
-        await self._process.__aexit__(exc_type, exc_val, exc_tb)
 
     async def _open(self) -> Process:
         grace = check_grace(self._grace)

@@ -13,19 +13,19 @@ import math
 import signal
 import warnings
 from abc import abstractmethod
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import anyio
 import anyio.abc
 from anyio import CancelScope, create_task_group, move_on_after
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable
+    from collections.abc import Awaitable, Callable, Generator
     from types import TracebackType
 
     from ._streams import PipeReceiveStream, PipeSendStream
 
-__all__ = ["Process", "check_grace"]
+__all__ = ["Opener", "Process", "check_grace"]
 
 
 def check_grace(grace: float) -> float:
@@ -282,3 +282,41 @@ async def _feed(stdin: PipeSendStream, data: bytes | bytearray | memoryview | No
         pass
     finally:
         await stdin.aclose()
+
+
+ProcessT = TypeVar("ProcessT", bound=Process)
+
+
+class Opener(Generic[ProcessT]):
+    """What ``open_process()`` and ``fork()`` return: await it, or use it with ``async with``.
+
+    Awaited, it gives the process, which the caller then owns. Used with
+    ``async with``, it gives the process for the block and, on the way out,
+    waits for it or, if the block was left by an exception or a cancellation,
+    stops it (see :meth:`Process.__aexit__`).
+    """
+
+    __slots__ = ("_process",)
+
+    def __init__(self) -> None:
+        self._process: ProcessT | None = None
+
+    def __await__(self) -> Generator[Any, None, ProcessT]:
+        return self._open().__await__()
+
+    async def __aenter__(self) -> ProcessT:
+        self._process = await self._open()
+        return self._process
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc_val: BaseException | None,
+        exc_tb: TracebackType | None,
+    ) -> None:
+        assert self._process is not None
+        await self._process.__aexit__(exc_type, exc_val, exc_tb)
+
+    @abstractmethod
+    async def _open(self) -> ProcessT:
+        """Start the process."""
