@@ -32,6 +32,7 @@ from anyio import BrokenResourceError, BusyResourceError, ClosedResourceError, E
 from anyio.abc import ObjectStream
 
 from ._backends import current_backend
+from ._streams import enlarge_pipe
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable, Iterator
@@ -311,7 +312,7 @@ class ParentChannel:
         fd, self._result_fd = self._result_fd, -1
         try:
             if len(frame) > _CHUNK:
-                _enlarge_pipe(fd)
+                enlarge_pipe(fd)
             while frame:
                 frame = frame[os.write(fd, frame) :]
         finally:
@@ -331,17 +332,6 @@ def _block(fd: int, event: int) -> None:
     poller = select.poll()
     poller.register(fd, event)
     poller.poll()
-
-
-def _enlarge_pipe(fd: int) -> None:
-    """Ask for a 1 MiB pipe (Linux): a large result then crosses in 16 times fewer wake-ups."""
-    import fcntl
-
-    setpipe = getattr(fcntl, "F_SETPIPE_SZ", None)
-    if setpipe is not None:
-        # Above /proc/sys/fs/pipe-max-size this fails: the default size works, only slower.
-        with contextlib.suppress(OSError):
-            fcntl.fcntl(fd, setpipe, 1 << 20)
 
 
 _parent: ParentChannel | None = None

@@ -18,7 +18,7 @@ import anyio
 
 from . import _watcher
 from ._process import Process
-from ._streams import FdReceiveStream, FdSendStream
+from ._streams import _CHUNK, FdReceiveStream, FdSendStream
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
@@ -153,7 +153,11 @@ class NativeProcess(Process):
                     if stream is None:  # the exit fd: the child is gone
                         selector.unregister(key.fd)
                     elif isinstance(stream, FdReceiveStream):
-                        if _drain(stream._fd, received[stream]):
+                        chunks = received[stream]
+                        start = len(chunks)
+                        at_eof = _drain(stream._fd, chunks)
+                        stream.count_received(sum(map(len, chunks[start:])))
+                        if at_eof:
                             selector.unregister(key.fd)
                     else:
                         pending = _fill(stream._fd, pending)
@@ -216,7 +220,7 @@ def _drain(fd: int, chunks: list[bytes]) -> bool:
     """Read what ``fd`` has; return whether it reached EOF."""
     while True:
         try:
-            data = os.read(fd, 65536)
+            data = os.read(fd, _CHUNK)
         except BlockingIOError:
             return False
         if not data:

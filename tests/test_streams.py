@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import subprocess
 
 import anyio
@@ -275,3 +276,67 @@ async def test_communicate_after_close(engine: str) -> None:
         with pytest.raises(ClosedResourceError):
             await process.communicate()
         process.kill()
+
+
+# A child that writes 16 MiB as fast as it can, then waits to be told to exit:
+# the pipe sizes are looked at while it still runs.
+BULK_WRITER = py("import os, sys\nos.write(1, bytes(16 << 20))\nsys.stdin.read()\n")
+
+
+def _pipe_size(stream: object) -> int:
+    return int(fcntl.fcntl(stream._fd, fcntl.F_GETPIPE_SZ))  # type: ignore[attr-defined]
+
+
+@pytest.mark.skipif(not hasattr(fcntl, "F_GETPIPE_SZ"), reason="Linux pipe sizes")
+async def test_bulk_output_gets_a_larger_pipe(anyio_backend: object) -> None:
+    async with aioproc.open_process(BULK_WRITER) as process:
+        assert process.stdout is not None
+        assert process.stdin is not None
+        assert _pipe_size(process.stdout) == 1 << 16
+        received = 0
+        while received < 16 << 20:
+            received += len(await process.stdout.receive())
+        assert _pipe_size(process.stdout) == 1 << 20
+        assert _pipe_size(process.stderr) == 1 << 16  # nothing came out there
+        await process.stdin.aclose()
+
+
+@pytest.mark.skipif(not hasattr(fcntl, "F_GETPIPE_SZ"), reason="Linux pipe sizes")
+async def test_bulk_output_gets_a_larger_pipe_in_communicate(anyio_backend: object) -> None:
+    async with aioproc.open_process(BULK_WRITER) as process:
+        assert process.stdout is not None
+        assert _pipe_size(process.stdout) == 1 << 16
+        output, _ = await process.communicate(b"")
+        assert len(output or b"") == 16 << 20
+        assert _pipe_size(process.stdout) == 1 << 20  # still open: aclose() closes it
+
+
+async def test_small_output_keeps_the_default_pipe(anyio_backend: object) -> None:
+    async with aioproc.open_process(["cat"]) as cat:
+        assert cat.stdin is not None
+        assert cat.stdout is not None
+        for _ in range(20):
+            await cat.stdin.send(b"x" * 1000)
+            assert await cat.stdout.receive() == b"x" * 1000
+        assert _pipe_size(cat.stdout) == 1 << 16
+
+
+@pytest.mark.skipif(not hasattr(fcntl, "F_GETPIPE_SZ"), reason="Linux pipe sizes")
+async def test_at_most_16_pipes_are_enlarged_at_once(anyio_backend: object) -> None:
+    # The kernel counts enlarged pipes against the user: aioproc keeps to 16 of them.
+    async def bulk() -> aioproc.Process:
+        process = await aioproc.open_process(["head", "-c", str(2 << 20), "/dev/zero"])
+        assert process.stdout is not None
+        assert len(await process.stdout.read_all()) == 2 << 20
+        return process
+
+    processes = [await bulk() for _ in range(17)]
+    try:
+        sizes = [_pipe_size(process.stdout) for process in processes]
+        assert sizes == [1 << 20] * 16 + [1 << 16]
+        await processes.pop(0).aclose()  # frees a place
+        processes.append(await bulk())
+        assert _pipe_size(processes[-1].stdout) == 1 << 20
+    finally:
+        for process in processes:
+            await process.aclose()
