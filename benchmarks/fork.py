@@ -10,6 +10,9 @@ aioproc rows assume ``await aioproc.fork_call(func, *args)`` returns
   back through a ``multiprocessing.Pipe``, then ``join()``;
 * ``anyio.to_process.run_sync``, whose worker processes are started once (in
   the warm-up) and reused: a spawn-and-pickle pool, not a fork.
+
+Every worker imports all of these libraries first, whichever it measures: a
+fork costs more the larger the parent, and the parents must be alike.
 """
 
 from __future__ import annotations
@@ -99,8 +102,28 @@ def _async_call(impl: Impl) -> Callable[[int], Awaitable[int]]:
     raise LookupError(impl.name)
 
 
+def _same_footprint() -> None:
+    """Import every library measured here, whichever one runs.
+
+    A fork copies the parent's page tables, and the child then faults in each
+    page either side writes: its cost grows with the parent's size. Each worker
+    holds the same heap, and this makes the rest of it the same too, so that the
+    raw ``os.fork`` is not measured in a parent lighter by anyio, trio, uvloop and
+    aioproc than the parents of the others.
+    """
+    import asyncio  # noqa: F401
+    import multiprocessing.connection  # noqa: F401
+
+    import anyio.to_process  # noqa: F401
+    import trio  # noqa: F401
+    import uvloop  # noqa: F401
+
+    import aioproc  # noqa: F401
+
+
 def run(impl: Impl, params: dict[str, Any]) -> dict[str, float]:
     count: int = params["count"]
+    _same_footprint()
     hold_heap(params["heap_mb"])
     if impl.loop is None:
         call = _os_fork_call if impl == LIMIT_FORK else _mp_fork_call
