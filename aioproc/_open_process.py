@@ -4,14 +4,11 @@ from __future__ import annotations
 
 import subprocess
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 from ._backends import current_backend
 from ._process import Opener, Process, check_grace
 from ._spawn import FileSpec, SpawnRequest, StrOrBytesPath, spawn
-
-if TYPE_CHECKING:
-    pass
 
 __all__ = ["ENGINES", "ProcessOpener", "open_process"]
 

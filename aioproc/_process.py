@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import signal
 import warnings
-from abc import abstractmethod
+from abc import ABC, abstractmethod
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import anyio
@@ -287,7 +287,7 @@ async def _feed(stdin: PipeSendStream, data: bytes | bytearray | memoryview | No
 ProcessT = TypeVar("ProcessT", bound=Process)
 
 
-class Opener(Generic[ProcessT]):
+class Opener(ABC, Generic[ProcessT]):
     """What ``open_process()`` and ``fork()`` return: await it, or use it with ``async with``.
 
     Awaited, it gives the process, which the caller then owns. Used with

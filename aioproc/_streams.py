@@ -58,7 +58,7 @@ _MAX_LARGE_PIPES = 16
 _F_SETPIPE_SZ: int | None = getattr(fcntl, "F_SETPIPE_SZ", None)  # Linux only
 
 _large_pipes = 0  # pipes enlarged by our streams and still open
-_large_pipes_lock = threading.Lock()
+_large_pipes_lock = threading.RLock()  # re-entered if __del__ runs inside
 
 _held: weakref.WeakSet[_FdOwner] = weakref.WeakSet()
 
@@ -365,7 +365,7 @@ def _close_after_fork() -> None:
     close their fd numbers later, once those may belong to something else.
     """
     global _large_pipes, _large_pipes_lock
-    _large_pipes, _large_pipes_lock = 0, threading.Lock()
+    _large_pipes, _large_pipes_lock = 0, threading.RLock()
     for stream in list(_held):
         fd, stream._fd = stream._fd, -1
         stream._large = False
