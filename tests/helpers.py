@@ -7,6 +7,8 @@ import signal
 import sys
 import threading
 
+import aioproc
+
 PY = sys.executable
 
 
@@ -134,3 +136,13 @@ class Strays:
         for pid, started in self._started.items():
             if started is not None and start_time(pid) == started:
                 os.kill(pid, signal.SIGKILL)
+
+
+def echo_over_the_channel() -> int:
+    """In a child of ``aioproc.fork``: send each message back until the parent is done."""
+    channel = aioproc.parent_channel()
+    count = 0
+    for message in channel:
+        channel.send(message)
+        count += 1
+    return count

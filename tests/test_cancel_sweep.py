@@ -21,7 +21,7 @@ import pytest
 import aioproc
 
 from .cancel_sweep import Sweep
-from .helpers import Strays, children_of_us, open_fds, soak
+from .helpers import Strays, children_of_us, echo_over_the_channel, open_fds, soak
 
 DATA = os.urandom(200_000)
 
@@ -82,15 +82,6 @@ def square(x: int) -> int:
 
 async def call_a_fork() -> None:
     assert await aioproc.fork_call(square, 12, on_threads="allow") == 144
-
-
-def echo_over_the_channel() -> int:
-    channel = aioproc.parent_channel()
-    count = 0
-    for message in channel:
-        channel.send(message)
-        count += 1
-    return count
 
 
 async def talk_to_a_fork() -> None:

@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 
 import aioproc
 
-from .helpers import soak
+from .helpers import echo_over_the_channel, soak
 
 MAX_SIZE = (64 if soak() else 4) << 20
 BIDIRECTIONAL = (256 if soak() else 64) << 20
@@ -95,15 +95,6 @@ async def test_run_process_round_trip(engine: str) -> None:
     assert hashlib.sha256(result.stdout).digest() == hashlib.sha256(data).digest()
 
 
-def _echo() -> int:
-    channel = aioproc.parent_channel()
-    count = 0
-    for message in channel:
-        channel.send(message)
-        count += 1
-    return count
-
-
 @settings(
     max_examples=20 if soak() else 4,
     deadline=None,
@@ -117,7 +108,7 @@ async def test_random_messages_through_a_forked_echo(
     anyio_backend: object, sizes: list[int], seed: int
 ) -> None:
     """The channel both ways: each message comes back whole and in order."""
-    async with aioproc.fork(_echo, on_threads="allow") as child:
+    async with aioproc.fork(echo_over_the_channel, on_threads="allow") as child:
         for index, size in enumerate(sizes):
             data = _payload(size, seed + index)
             await child.channel.send(data)

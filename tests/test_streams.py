@@ -287,7 +287,6 @@ def _pipe_size(stream: object) -> int:
     return int(fcntl.fcntl(stream._fd, fcntl.F_GETPIPE_SZ))  # type: ignore[attr-defined]
 
 
-@pytest.mark.skipif(not hasattr(fcntl, "F_GETPIPE_SZ"), reason="Linux pipe sizes")
 async def test_bulk_output_gets_a_larger_pipe(anyio_backend: object) -> None:
     async with aioproc.open_process(BULK_WRITER) as process:
         assert process.stdout is not None
@@ -301,7 +300,6 @@ async def test_bulk_output_gets_a_larger_pipe(anyio_backend: object) -> None:
         await process.stdin.aclose()
 
 
-@pytest.mark.skipif(not hasattr(fcntl, "F_GETPIPE_SZ"), reason="Linux pipe sizes")
 async def test_bulk_output_gets_a_larger_pipe_in_communicate(anyio_backend: object) -> None:
     async with aioproc.open_process(BULK_WRITER) as process:
         assert process.stdout is not None
@@ -321,7 +319,6 @@ async def test_small_output_keeps_the_default_pipe(anyio_backend: object) -> Non
         assert _pipe_size(cat.stdout) == 1 << 16
 
 
-@pytest.mark.skipif(not hasattr(fcntl, "F_GETPIPE_SZ"), reason="Linux pipe sizes")
 async def test_at_most_16_pipes_are_enlarged_at_once(anyio_backend: object) -> None:
     # The kernel counts enlarged pipes against the user: aioproc keeps to 16 of them.
     async def bulk() -> aioproc.Process:
