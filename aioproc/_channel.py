@@ -307,9 +307,18 @@ class ParentChannel:
         self._buffer += data
         return True
 
+    @property
+    def result_fd(self) -> int:
+        """The write end of the result pipe, or -1 once the result is sent."""
+        return self._result_fd
+
     def send_result(self, frame: memoryview) -> None:
-        """Write the final result frame (blocking), then close the result pipe."""
+        """Write the final result frame (blocking), then close the result pipe.
+
+        The channel is closed by then (``fn`` has returned): see ``_forkchild``.
+        """
         fd, self._result_fd = self._result_fd, -1
+        self._receive_fd = self._send_fd = -1
         try:
             if len(frame) > _CHUNK:
                 enlarge_pipe(fd)

@@ -138,10 +138,27 @@ async def fork_call(
     raised here, or :class:`ChildDied`. If this is cancelled, the child is
     stopped (SIGTERM, ``grace``, SIGKILL) and reaped before the cancellation
     goes on.
+
+    It returns as soon as the result is in, without waiting for the child's
+    exit. By then the child has flushed its output and closed every file
+    descriptor, and is inside ``os._exit()``; the child watcher reaps it in the
+    background, or when the event loop shuts down if that comes first.
     """
     opener = fork(fn, *args, grace=grace, on_threads=on_threads, **kwargs)
-    async with await opener._open() as child:  # not `async with opener`: one frame less
-        return await child.result()
+    child = await opener._open()
+    try:
+        await child._read_result()
+    except BaseException:
+        await child.stop()
+        raise
+    if child._has_result():
+        # The child is exiting, holding nothing of ours (see _forkchild._report):
+        # what is left is for the kernel, which takes longer to free a big
+        # parent's copy than it took to fork it. Nobody needs to wait for that.
+        child._let_go()
+    else:
+        await child.aclose()  # no result: ChildDied, which needs the exit status
+    return child._unwrap()
 
 
 class ForkOpener(Opener["ForkedProcess"]):
@@ -352,6 +369,9 @@ class ForkedProcess(NativeProcess):
             await self._wait_for_exit()
         else:
             await self._backend.checkpoint()
+        return self._unwrap()
+
+    def _unwrap(self) -> Any:
         if self._outcome is None:
             self._outcome = self._decode()
         ok, payload = self._outcome
@@ -397,11 +417,7 @@ class ForkedProcess(NativeProcess):
             await self._collected.wait()
         self._collecting = True
         try:
-            stream, frame = self._result_stream, self._frame
-            if not stream.closed:
-                with contextlib.suppress(EndOfStream, ClosedResourceError, BrokenResourceError):
-                    while not 0 <= frame_size(frame) <= len(frame):
-                        frame += await stream.receive(_READ_SIZE)
+            await self._read_result()
             if self.returncode is None:
                 await super()._wait_for_exit()
             self._finish_result()
@@ -410,6 +426,24 @@ class ForkedProcess(NativeProcess):
             if self._collected is not None:
                 self._collected.set()
                 self._collected = None
+
+    async def _read_result(self) -> None:
+        """Read the result pipe until the result is whole, or the child closed the pipe."""
+        stream, frame = self._result_stream, self._frame
+        if not stream.closed:
+            with contextlib.suppress(EndOfStream, ClosedResourceError, BrokenResourceError):
+                while not 0 <= frame_size(frame) <= len(frame):
+                    frame += await stream.receive(_READ_SIZE)
+
+    def _has_result(self) -> bool:
+        size = frame_size(self._frame)
+        return 0 <= size <= len(self._frame)
+
+    def _let_go(self) -> None:
+        """Close our ends, and leave the reaping to a background task (see ``fork_call``)."""
+        self._result_stream.close()
+        self._channel.close()
+        self._reap_in_background()
 
     def _finish_result(self) -> None:
         # The child has exited: what is left in the pipe is there now, at most a

@@ -79,7 +79,10 @@ def run_child(
             gc.freeze()
             _forget_event_loops()
             set_parent(channel)
-            status = _call_and_report(fn, args, kwargs, loop_factory, channel)
+            frame, exit_status = _call(fn, args, kwargs, loop_factory)
+            if frame is not None:
+                _report(frame, channel)
+            status = exit_status
         except BaseException:
             traceback.print_exc()
     finally:
@@ -94,14 +97,14 @@ def run_child(
             os._exit(status if status >= 0 else 128 - status)
 
 
-def _call_and_report(
+def _call(
     fn: Callable[..., Any],
     args: tuple[Any, ...],
     kwargs: dict[str, Any],
     loop_factory: Callable[[], asyncio.AbstractEventLoop] | None,
-    channel: ParentChannel,
-) -> int:
-    """Run ``fn``; send the result frame; return the exit status (negative: die by signal)."""
+) -> tuple[memoryview | None, int]:
+    """Run ``fn``; return the result frame to send, if any, and the exit status
+    (negative: die by that signal)."""
     try:
         value = fn(*args, **kwargs)
         if inspect.iscoroutine(value):
@@ -109,21 +112,47 @@ def _call_and_report(
     except SystemExit as exc:
         # An exit, not an error: no result, the status as Python would give it.
         if exc.code is None or isinstance(exc.code, int):
-            return (exc.code or 0) & 0xFF  # sys.exit(-1) is status 255, not a signal
+            return None, (exc.code or 0) & 0xFF  # sys.exit(-1) is status 255, not a signal
         print(exc.code, file=sys.stderr)
-        return 1
+        return None, 1
     except Exception as exc:
-        frame, status = _pack_exception(fn, exc), 1
+        return _pack_exception(fn, exc), 1
     except BaseException as exc:
         # KeyboardInterrupt, a stray cancellation: raised in the parent these would
         # pass for its own. Report and exit as an uncaught one in Python would.
         traceback.print_exc()
-        return -signal.SIGINT if isinstance(exc, KeyboardInterrupt) else 1
-    else:
-        frame, status = _pack_value(fn, value)
+        return None, -signal.SIGINT if isinstance(exc, KeyboardInterrupt) else 1
+    return _pack_value(fn, value)
+
+
+def _report(frame: memoryview, channel: ParentChannel) -> None:
+    """Send the result: the child's last act but its exit.
+
+    ``fork_call`` returns as soon as the result is in, while the kernel is still
+    tearing down the child's copy of the parent's memory. So everything else
+    the parent could notice goes first: the output is flushed and every other
+    fd is closed (pipes shared with the parent see EOF, locks the child took
+    through them are released), and only the exit is left, which the child
+    watcher reaps unattended.
+    """
+    flush_output()
+    close_fds_except(channel.result_fd)
     with contextlib.suppress(BrokenPipeError):  # the parent has stopped listening
         channel.send_result(frame)
-    return status
+
+
+def close_fds_except(keep: int) -> None:
+    """Close every fd of this process but ``keep``."""
+    if sys.platform == "linux":  # close_range(2): one system call each
+        os.closerange(0, keep)
+        os.closerange(keep + 1, 2**31 - 1)
+        return
+    # Elsewhere os.closerange() may try every number up to the limit, one by one.
+    for name in os.listdir("/dev/fd"):
+        fd = int(name)
+        if fd != keep:
+            with contextlib.suppress(OSError):
+                os.close(fd)
 
 
 def _run_coroutine(

@@ -28,6 +28,8 @@ if TYPE_CHECKING:
 
 __all__ = ["NativeProcess"]
 
+_EXIT_WAIT_WITHOUT_LOOP = 1.0  # seconds
+
 
 class NativeProcess(Process):
     def __init__(
@@ -190,6 +192,32 @@ class NativeProcess(Process):
 
     def _signal(self, sig: int, group: bool) -> None:
         self._child.send_signal(sig, group=group)
+
+    def _reap_in_background(self) -> None:
+        """Hand a child that is exiting by itself to a task that reaps it: nobody waits for it.
+
+        If the loop shuts down first, the child is waited for without it.
+        """
+        self._backend.spawn_system_task(self._reap_when_exited, self._reap_without_loop)
+
+    async def _reap_when_exited(self) -> None:
+        try:
+            await self._wait_for_exit()
+        except Exception as exc:  # not into the loop: trio would take it for its own bug
+            warnings.warn(f"failed to wait for {self!r}: {exc!r}", RuntimeWarning, stacklevel=1)
+
+    def _reap_without_loop(self) -> None:
+        # The child is in os._exit(), so its exit is a moment away: wait for it
+        # here, within a bound (a process stuck in the kernel can take longer),
+        # and past it leave the child to the orphan list rather than hang. Once
+        # the child is reaped and released, this does nothing.
+        child = self._child
+        if child.poll() is None:
+            with contextlib.suppress(OSError, RuntimeError), selectors.DefaultSelector() as selector:
+                selector.register(child.exit_fd, selectors.EVENT_READ)
+                selector.select(_EXIT_WAIT_WITHOUT_LOOP)
+            child.poll()
+        self._release()
 
     def _release(self) -> None:
         self._exit_watch.close()

@@ -203,6 +203,88 @@ async def test_a_child_that_ends_without_a_result_raises_child_died(
         assert f"exited with status {returncode}" in str(caught.value)
 
 
+def touch_memory_then_return(megabytes: int) -> int:
+    """A child with memory of its own, so that its exit takes a while (freeing it)."""
+    block = bytearray(megabytes << 20)
+    block[::4096] = b"\x01" * (len(block) // 4096)
+    return os.getpid()
+
+
+async def test_fork_call_returns_once_the_child_holds_none_of_our_fds(
+    anyio_backend: object,
+) -> None:
+    # fork_call returns when the result is in, before the exit: the child must have
+    # closed its copies of our fds by then, or a pipe it inherited would not be at EOF.
+    read_fd, write_fd = os.pipe()
+    try:
+        pid = await aioproc.fork_call(touch_memory_then_return, 200)
+        os.close(write_fd)
+        write_fd = -1
+        os.set_blocking(read_fd, False)
+        assert os.read(read_fd, 1) == b""
+    finally:
+        for fd in (read_fd, write_fd):
+            if fd >= 0:
+                os.close(fd)
+    with anyio.fail_after(30):  # and nobody waiting, it is reaped
+        while pid in children_of_us():
+            await anyio.sleep(0.01)
+
+
+FLUSHED_BEFORE_RETURN = """
+import sys
+import anyio, aioproc
+
+def shout():
+    print("child " * 200_000)  # 1.2 MB: far more than a pipe holds
+
+async def main():
+    await aioproc.fork_call(shout)
+    print("parent after")
+    sys.stdout.flush()
+
+anyio.run(main, backend=sys.argv[1], backend_options=eval(sys.argv[2]))
+"""
+
+
+async def test_the_childs_output_is_out_when_fork_call_returns(anyio_backend: object) -> None:
+    result = await aioproc.run_process(
+        [PY, "-c", FLUSHED_BEFORE_RETURN, *_script_backend(anyio_backend)]
+    )
+    assert result.stdout.decode().splitlines()[-1] == "parent after"
+
+
+LOOP_ENDS_BEFORE_THE_EXIT = """
+import os, sys
+import anyio, aioproc
+
+def touch_memory_then_return():
+    block = bytearray(200 << 20)
+    block[::4096] = b"\\x01" * (len(block) // 4096)
+    return os.getpid()
+
+pid = anyio.run(
+    aioproc.fork_call, touch_memory_then_return,
+    backend=sys.argv[1], backend_options=eval(sys.argv[2]),
+)
+try:
+    os.waitpid(-1, os.WNOHANG)
+except ChildProcessError:
+    print("reaped")
+else:
+    print("still our child")
+"""
+
+
+async def test_a_loop_that_ends_right_after_fork_call_leaves_no_zombie(
+    anyio_backend: object,
+) -> None:
+    result = await aioproc.run_process(
+        [PY, "-c", LOOP_ENDS_BEFORE_THE_EXIT, *_script_backend(anyio_backend)]
+    )
+    assert result.stdout.decode().strip() == "reaped"
+
+
 async def test_the_outcome_can_be_asked_again(anyio_backend: object) -> None:
     async with aioproc.fork(raise_oops) as child:
         for _ in range(2):
@@ -720,5 +802,7 @@ async def test_6_a_hundred_concurrent_fork_calls(anyio_backend: object) -> None:
         for index in range(100):
             tg.start_soon(one, index)
     assert results == {index: index + 1000 for index in range(100)}
-    assert open_fds() == fds_before
-    assert children_of_us() == {}
+    # fork_call does not wait for the exits: the watcher reaps them unattended.
+    with anyio.fail_after(30):
+        while open_fds() != fds_before or children_of_us():
+            await anyio.sleep(0.01)

@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import asyncio
 import sys
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ._asyncio import AsyncioBackend
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable
+    from collections.abc import Awaitable, Callable, Coroutine
 
 __all__ = ["Backend", "FdWatch", "current_backend"]
 
@@ -53,6 +53,17 @@ class Backend(Protocol):
 
     def checkpoint_if_cancelled(self) -> Awaitable[None]:
         """Deliver a pending cancellation, without letting other tasks run."""
+        ...
+
+    def spawn_system_task(
+        self, fn: Callable[[], Coroutine[Any, Any, None]], then: Callable[[], None]
+    ) -> None:
+        """Run ``fn()`` as a task of the loop itself, in no task group, then call ``then()``.
+
+        The task outlives its caller. If the loop shuts down first, the task is
+        cancelled, and ``then()`` still runs before the loop is gone, even if the
+        task never started (an asyncio task cancelled early never runs at all).
+        """
         ...
 
 

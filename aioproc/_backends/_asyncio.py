@@ -8,9 +8,13 @@ write has failed with ``EAGAIN``, so under load most calls never wait at all.
 from __future__ import annotations
 
 import asyncio
+from typing import TYPE_CHECKING, Any
 
 import anyio.lowlevel
 from anyio import ClosedResourceError
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Coroutine
 
 __all__ = ["AsyncioBackend", "AsyncioFdWatch"]
 
@@ -70,6 +74,10 @@ class AsyncioFdWatch:
         self._fd = -1
 
 
+# The event loop keeps only weak references to its tasks.
+_system_tasks: set[asyncio.Task[None]] = set()
+
+
 class AsyncioBackend:
     __slots__ = ("_loop",)
     name = "asyncio"
@@ -86,3 +94,16 @@ class AsyncioBackend:
     async def checkpoint_if_cancelled(self) -> None:
         # anyio knows its own cancel scopes; asking it costs a dict lookup.
         await anyio.lowlevel.checkpoint_if_cancelled()
+
+    def spawn_system_task(
+        self, fn: Callable[[], Coroutine[Any, Any, None]], then: Callable[[], None]
+    ) -> None:
+        # asyncio.run() and anyio.run() cancel the tasks left when the main one
+        # ends, and run the loop until they are done and their callbacks called.
+        def done(task: asyncio.Task[None]) -> None:
+            _system_tasks.discard(task)
+            then()
+
+        task = self._loop.create_task(fn())
+        _system_tasks.add(task)
+        task.add_done_callback(done)

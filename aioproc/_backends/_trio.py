@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 import trio
 from anyio import ClosedResourceError
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Coroutine
 
 __all__ = ["TrioBackend", "TrioFdWatch"]
 
@@ -58,3 +63,15 @@ class TrioBackend:
 
     async def checkpoint_if_cancelled(self) -> None:
         await trio.lowlevel.checkpoint_if_cancelled()
+
+    def spawn_system_task(
+        self, fn: Callable[[], Coroutine[Any, Any, None]], then: Callable[[], None]
+    ) -> None:
+        # A trio task always starts, even when cancelled at once.
+        async def run() -> None:
+            try:
+                await fn()
+            finally:
+                then()
+
+        trio.lowlevel.spawn_system_task(run)
