@@ -145,6 +145,7 @@ async def fork_call(
     background, or when the event loop shuts down if that comes first.
     """
     opener = fork(fn, *args, grace=grace, on_threads=on_threads, **kwargs)
+    opener._with_channel = False  # nobody could talk to the child: see _Pipes
     child = await opener._open()
     try:
         await child._read_result()
@@ -164,7 +165,7 @@ async def fork_call(
 class ForkOpener(Opener["ForkedProcess"]):
     """What :func:`fork` returns: use it with ``async with``, or await it."""
 
-    __slots__ = ("_args", "_fn", "_grace", "_kwargs", "_on_threads")
+    __slots__ = ("_args", "_fn", "_grace", "_kwargs", "_on_threads", "_with_channel")
 
     def __init__(
         self,
@@ -181,6 +182,7 @@ class ForkOpener(Opener["ForkedProcess"]):
         self._kwargs = kwargs
         self._grace = grace
         self._on_threads = on_threads
+        self._with_channel = True
 
     async def _open(self) -> ForkedProcess:
         backend = current_backend()
@@ -191,7 +193,7 @@ class ForkOpener(Opener["ForkedProcess"]):
         _check_threads(self._on_threads)
         flush_output()
         resets = handlers_to_reset()
-        pipes = _Pipes(backend)
+        pipes = _Pipes(backend, with_channel=self._with_channel)
         pid = 0
         try:
             # Blocked until the child has reset its handlers: a signal delivered
@@ -231,10 +233,14 @@ class _Pipes:
     """The three pipes of one fork: the result, and the channel both ways.
 
     Our ends are wrapped in streams before the fork, so the child closes them
-    with every other pipe end held for a child (see ``_streams``).
+    with every other pipe end held for a child (see ``_streams``). Without
+    ``with_channel`` (``fork_call``, where the parent has no end to use), our
+    channel ends are closed at once: the child's ``receive()`` meets the end of
+    the stream and its ``send()`` a closed pipe, as if we had closed them, and
+    no stream objects are made for nothing.
     """
 
-    def __init__(self, backend: Backend) -> None:
+    def __init__(self, backend: Backend, *, with_channel: bool) -> None:
         fds: list[int] = []
         try:
             for _ in range(3):
@@ -244,13 +250,19 @@ class _Pipes:
                 os.close(fd)
             raise
         result_r, result_w, down_r, down_w, up_r, up_w = fds
-        for fd in (result_r, down_r, down_w, up_r, up_w):
+        ours = (result_r, up_r, down_w) if with_channel else (result_r,)
+        for fd in (*ours, down_r, up_w):
             os.set_blocking(fd, False)
         self._childs_ends: tuple[int, ...] = (down_r, up_w, result_w)
         self.result = FdReceiveStream(result_r, backend)
-        self.channel = Channel(
-            FdReceiveStream(up_r, backend), FdSendStream(down_w, backend), backend
-        )
+        self.channel: Channel | None = None
+        if with_channel:
+            self.channel = Channel(
+                FdReceiveStream(up_r, backend), FdSendStream(down_w, backend), backend
+            )
+        else:
+            os.close(up_r)
+            os.close(down_w)
 
     def child(self) -> ParentChannel:
         return ParentChannel(*self._childs_ends)
@@ -263,7 +275,8 @@ class _Pipes:
     def close(self) -> None:
         self.close_childs_ends()
         self.result.close()
-        self.channel.close()
+        if self.channel is not None:
+            self.channel.close()
 
 
 def _loop_factory(backend: Backend) -> Callable[[], asyncio.AbstractEventLoop] | None:
@@ -343,8 +356,7 @@ class ForkedProcess(NativeProcess):
                 deliver_cancel=None,
             )
         except BaseException:
-            self._result_stream.close()
-            self._channel.close()
+            pipes.close()
             raise
         self._collecting = False  # a task is reading the result or waiting for the exit
         self._collected: anyio.Event | None = None  # what the other waiters wait on
@@ -355,6 +367,7 @@ class ForkedProcess(NativeProcess):
     @property
     def channel(self) -> Channel:
         """The parent's end of the message channel: an ``anyio.abc.ObjectStream``."""
+        assert self._channel is not None, "only fork_call() makes a child without one"
         return self._channel
 
     async def result(self) -> Any:
@@ -442,7 +455,7 @@ class ForkedProcess(NativeProcess):
     def _let_go(self) -> None:
         """Close our ends, and leave the reaping to a background task (see ``fork_call``)."""
         self._result_stream.close()
-        self._channel.close()
+        self._close_streams()
         self._reap_in_background()
 
     def _finish_result(self) -> None:
@@ -468,7 +481,8 @@ class ForkedProcess(NativeProcess):
     def _close_streams(self) -> None:
         # The channel goes first, as stdout does for a spawned child: a child blocked
         # on it then fails and exits. The result pipe stays open until it is read.
-        self._channel.close()
+        if self._channel is not None:
+            self._channel.close()
 
     async def stop(self, grace: float | None = None) -> None:
         await super().stop(grace)

@@ -213,9 +213,9 @@ class NativeProcess(Process):
         # the child is reaped and released, this does nothing.
         child = self._child
         if child.poll() is None:
-            with contextlib.suppress(OSError, RuntimeError), selectors.DefaultSelector() as selector:
-                selector.register(child.exit_fd, selectors.EVENT_READ)
-                selector.select(_EXIT_WAIT_WITHOUT_LOOP)
+            with contextlib.suppress(OSError, RuntimeError), selectors.DefaultSelector() as exits:
+                exits.register(child.exit_fd, selectors.EVENT_READ)
+                exits.select(_EXIT_WAIT_WITHOUT_LOOP)
             child.poll()
         self._release()
 

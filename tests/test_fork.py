@@ -203,6 +203,25 @@ async def test_a_child_that_ends_without_a_result_raises_child_died(
         assert f"exited with status {returncode}" in str(caught.value)
 
 
+def use_the_channel_alone() -> list[str]:
+    channel = parent_channel()
+    outcomes = []
+    try:
+        channel.receive()
+    except anyio.EndOfStream:
+        outcomes.append("end of stream")
+    try:
+        channel.send("anyone?")
+    except anyio.BrokenResourceError:
+        outcomes.append("broken")
+    return outcomes
+
+
+async def test_a_fork_call_child_finds_its_channel_closed(anyio_backend: object) -> None:
+    # fork_call gives the parent no end to talk on: the child must not wait on it.
+    assert await aioproc.fork_call(use_the_channel_alone) == ["end of stream", "broken"]
+
+
 def touch_memory_then_return(megabytes: int) -> int:
     """A child with memory of its own, so that its exit takes a while (freeing it)."""
     block = bytearray(megabytes << 20)
