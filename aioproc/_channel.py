@@ -312,18 +312,21 @@ class ParentChannel:
         """The write end of the result pipe, or -1 once the result is sent."""
         return self._result_fd
 
-    def send_result(self, frame: memoryview) -> None:
-        """Write the final result frame (blocking), then close the result pipe.
+    def send_result(self, payload: bytes) -> None:
+        """Write the final result, a pickle, framed as a message is (blocking); close the pipe.
 
         The channel is closed by then (``fn`` has returned): see ``_forkchild``.
+        The header goes first on its own, so that the payload is not copied behind it.
         """
         fd, self._result_fd = self._result_fd, -1
         self._receive_fd = self._send_fd = -1
         try:
-            if len(frame) > _CHUNK:
+            if len(payload) > _CHUNK:
                 enlarge_pipe(fd)
-            while frame:
-                frame = frame[os.write(fd, frame) :]
+            os.write(fd, _HEADER.pack(len(payload)))  # 8 bytes: never written in part
+            rest = memoryview(payload)
+            while rest:
+                rest = rest[os.write(fd, rest) :]
         finally:
             os.close(fd)
 
