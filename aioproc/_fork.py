@@ -145,7 +145,7 @@ async def fork_call(
     background, or when the event loop shuts down if that comes first.
     """
     opener = fork(fn, *args, grace=grace, on_threads=on_threads, **kwargs)
-    opener._with_channel = False  # nobody could talk to the child: see _Pipes
+    opener._one_shot = True
     child = await opener._open()
     try:
         await child._read_result()
@@ -165,7 +165,7 @@ async def fork_call(
 class ForkOpener(Opener["ForkedProcess"]):
     """What :func:`fork` returns: use it with ``async with``, or await it."""
 
-    __slots__ = ("_args", "_fn", "_grace", "_kwargs", "_on_threads", "_with_channel")
+    __slots__ = ("_args", "_fn", "_grace", "_kwargs", "_on_threads", "_one_shot")
 
     def __init__(
         self,
@@ -182,7 +182,9 @@ class ForkOpener(Opener["ForkedProcess"]):
         self._kwargs = kwargs
         self._grace = grace
         self._on_threads = on_threads
-        self._with_channel = True
+        # fork_call's: nobody holds the child, so nobody can talk to it (see
+        # _Pipes), and the call returns before its exit (see run_child).
+        self._one_shot = False
 
     async def _open(self) -> ForkedProcess:
         backend = current_backend()
@@ -193,7 +195,7 @@ class ForkOpener(Opener["ForkedProcess"]):
         _check_threads(self._on_threads)
         flush_output()
         resets = handlers_to_reset()
-        pipes = _Pipes(backend, with_channel=self._with_channel)
+        pipes = _Pipes(backend, with_channel=not self._one_shot)
         pid = 0
         try:
             # Blocked until the child has reset its handlers: a signal delivered
@@ -204,9 +206,8 @@ class ForkOpener(Opener["ForkedProcess"]):
                 pid = _os_fork()
                 if pid == 0:  # pragma: no cover - the child; its coverage is not collected
                     child = pipes.child()
-                    run_child(
-                        self._fn, self._args, self._kwargs, loop_factory, child, resets, sigmask
-                    )
+                    call = (self._fn, self._args, self._kwargs)
+                    run_child(*call, loop_factory, child, resets, sigmask, self._one_shot)
             finally:
                 csignal.pthread_sigmask(signal.SIG_SETMASK, sigmask)
             pipes.close_childs_ends()

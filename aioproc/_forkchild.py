@@ -60,6 +60,7 @@ def run_child(
     channel: ParentChannel,
     resets: list[tuple[int, Any]],
     sigmask: object,
+    one_shot: bool,
 ) -> NoReturn:
     """Run ``fn`` in the child, send its outcome to the parent, and exit.
 
@@ -67,18 +68,21 @@ def run_child(
     asyncio loop of the parent's class, or ``None`` for trio. ``resets`` and
     ``sigmask`` come from the parent (:func:`handlers_to_reset`, and the mask
     to restore): what the child can be handed, it does not work out, since
-    every page it touches is a page copied.
+    every page it touches is a page copied. ``one_shot``: this is
+    ``fork_call``'s child, whose parent does not wait for its exit.
     """
     status = _EX_SOFTWARE
     try:
         try:
-            # A new child often starts on its parent's CPU and takes it over, while
-            # another CPU idles: the parent, which has work left before it waits for
-            # the result, then waits for the CPU instead. Yielding lets the parent
-            # go on and an idle CPU take the child. (fork_call, 50 MB parent, 2
-            # CPUs: 2.4-2.6 ms a call with it; without it 2.5 ms, or 3.5-4.0 ms in
-            # runs where placement fell this way.)
-            os.sched_yield()
+            if one_shot:
+                # The previous fork_call's child may still be exiting on another
+                # CPU; this one then often starts on the parent's CPU and takes it
+                # over, and every call runs one process at a time. Yielding lets
+                # the parent go on to its loop and a CPU that turns idle take the
+                # child. (fork_call, 50 MB parent, 2 CPUs: 2.4-2.6 ms a call with
+                # it; without, 2.5 ms or, once placement falls that way, 3.5-4.0 ms.
+                # Where the parent waits for each exit it only cost: 6%.)
+                os.sched_yield()
             csignal.set_wakeup_fd(-1)
             for sig, handler in resets:
                 csignal.signal(sig, handler)
