@@ -206,8 +206,16 @@ class ForkOpener(Opener["ForkedProcess"]):
                 pid = _os_fork()
                 if pid == 0:  # pragma: no cover - the child; its coverage is not collected
                     child = pipes.child()
-                    call = (self._fn, self._args, self._kwargs)
-                    run_child(*call, loop_factory, child, resets, sigmask, self._one_shot)
+                    run_child(
+                        self._fn,
+                        self._args,
+                        self._kwargs,
+                        loop_factory,
+                        child,
+                        resets,
+                        sigmask,
+                        one_shot=self._one_shot,
+                    )
             finally:
                 csignal.pthread_sigmask(signal.SIG_SETMASK, sigmask)
             pipes.close_childs_ends()
@@ -443,11 +451,11 @@ class ForkedProcess(NativeProcess):
 
     async def _read_result(self) -> None:
         """Read the result pipe until the result is whole, or the child closed the pipe."""
-        stream, frame = self._result_stream, self._frame
+        stream = self._result_stream
         if not stream.closed:
             with contextlib.suppress(EndOfStream, ClosedResourceError, BrokenResourceError):
-                while not 0 <= frame_size(frame) <= len(frame):
-                    frame += await stream.receive(_READ_SIZE)
+                while not self._has_result():
+                    self._frame += await stream.receive(_READ_SIZE)
 
     def _has_result(self) -> bool:
         size = frame_size(self._frame)

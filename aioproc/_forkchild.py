@@ -60,6 +60,7 @@ def run_child(
     channel: ParentChannel,
     resets: list[tuple[int, Any]],
     sigmask: object,
+    *,
     one_shot: bool,
 ) -> NoReturn:
     """Run ``fn`` in the child, send its outcome to the parent, and exit.
