@@ -142,7 +142,8 @@ async def fork_call(
     It returns as soon as the result is in, without waiting for the child's
     exit. By then the child has flushed its output and closed every file
     descriptor, and is inside ``os._exit()``; the child watcher reaps it in the
-    background, or when the event loop shuts down if that comes first.
+    background, or when the event loop shuts down if that comes first (or, for an
+    asyncio loop closed without cancelling its tasks, at the next call into aioproc).
     """
     opener = fork(fn, *args, grace=grace, on_threads=on_threads, **kwargs)
     opener._one_shot = True

@@ -304,6 +304,49 @@ async def test_a_loop_that_ends_right_after_fork_call_leaves_no_zombie(
     assert result.stdout.decode().strip() == "reaped"
 
 
+LOOP_CLOSED_WITH_TASKS_PENDING = """
+import asyncio, gc, os, sys
+import aioproc
+
+def touch_memory_then_return():
+    block = bytearray(200 << 20)
+    block[::4096] = b"\\x01" * (len(block) // 4096)
+    return os.getpid()
+
+def state(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().split()[2]
+    except FileNotFoundError:
+        return "gone"
+
+if sys.argv[1] == "uvloop":
+    import uvloop
+    loop = uvloop.new_event_loop()
+else:
+    loop = asyncio.new_event_loop()
+fds = set(os.listdir("/proc/self/fd"))  # uvloop's own pipe is there by now
+pid = loop.run_until_complete(aioproc.fork_call(touch_memory_then_return))
+loop.close()  # its tasks not cancelled, as asyncio.run() would
+asyncio.run(aioproc.run_process(["true"]))  # the next call into aioproc
+gc.collect()
+print(state(pid), sorted(set(os.listdir("/proc/self/fd")) - fds))
+"""
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_a_loop_closed_with_its_tasks_pending_leaves_no_zombie_past_the_next_call(
+    loop: str,
+) -> None:
+    # Not anyio.run nor asyncio.run: the background reaper is never cancelled, so
+    # the child that was still exiting is reaped by the next call into aioproc.
+    result = subprocess.run(
+        [PY, "-c", LOOP_CLOSED_WITH_TASKS_PENDING, loop], capture_output=True, check=True
+    )
+    assert result.stdout.decode().strip() == "gone []", result.stderr.decode()
+    assert b"Task was destroyed" not in result.stderr
+
+
 async def test_the_outcome_can_be_asked_again(anyio_backend: object) -> None:
     async with aioproc.fork(raise_oops) as child:
         for _ in range(2):

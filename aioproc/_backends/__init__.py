@@ -14,7 +14,7 @@ import asyncio
 import sys
 from typing import TYPE_CHECKING, Any, Protocol
 
-from ._asyncio import AsyncioBackend
+from ._asyncio import AsyncioBackend, _system_tasks, finish_abandoned_tasks
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Coroutine
@@ -71,8 +71,12 @@ def current_backend() -> Backend:
     """Return the backend of the event loop running in this thread.
 
     Trio is checked first because trio in guest mode runs on top of an asyncio
-    loop, and there the task belongs to trio.
+    loop, and there the task belongs to trio. Every call into aioproc comes
+    here first, so this is also where the system tasks of asyncio loops closed
+    without cancelling them are finished.
     """
+    if _system_tasks:
+        finish_abandoned_tasks()
     trio = sys.modules.get("trio")
     if trio is not None and trio.lowlevel.in_trio_task():
         from ._trio import TrioBackend

@@ -63,6 +63,9 @@ class AsyncioFdWatch:
         reader, writer, self._reader, self._writer = self._reader, self._writer, None, None
         if self._fd < 0:
             return
+        if self._loop.is_closed():  # nothing to unregister or wake any more
+            self._fd = -1
+            return
         if reader is not None:
             self._loop.remove_reader(self._fd)
             if not reader.done():
@@ -74,8 +77,23 @@ class AsyncioFdWatch:
         self._fd = -1
 
 
-# The event loop keeps only weak references to its tasks.
-_system_tasks: set[asyncio.Task[None]] = set()
+# Each system task, with what is to run after it (the loop itself keeps only
+# weak references to its tasks). A loop closed without its tasks cancelled
+# (loop.close() after run_until_complete(), where asyncio.run(), asyncio.Runner
+# and anyio.run cancel them) leaves its system tasks pending forever: their
+# `then` runs at the next call into aioproc instead (finish_abandoned_tasks).
+_system_tasks: dict[asyncio.Task[None], Callable[[], None]] = {}
+
+
+def finish_abandoned_tasks() -> None:
+    """Run ``then`` for the system tasks of loops closed without cancelling them."""
+    for task in list(_system_tasks):
+        if task.get_loop().is_closed():
+            then = _system_tasks.pop(task, None)
+            if then is not None:
+                # Its work is done here: no "Task was destroyed but it is pending!".
+                task._log_destroy_pending = False  # type: ignore[attr-defined]
+                then()
 
 
 class AsyncioBackend:
@@ -101,9 +119,9 @@ class AsyncioBackend:
         # asyncio.run() and anyio.run() cancel the tasks left when the main one
         # ends, and run the loop until they are done and their callbacks called.
         def done(task: asyncio.Task[None]) -> None:
-            _system_tasks.discard(task)
-            then()
+            if _system_tasks.pop(task, None) is not None:
+                then()
 
         task = self._loop.create_task(fn())
-        _system_tasks.add(task)
+        _system_tasks[task] = then
         task.add_done_callback(done)
