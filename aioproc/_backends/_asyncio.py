@@ -82,6 +82,8 @@ class AsyncioFdWatch:
 # (loop.close() after run_until_complete(), where asyncio.run(), asyncio.Runner
 # and anyio.run cancel them) leaves its system tasks pending forever: their
 # `then` runs at the next call into aioproc instead (finish_abandoned_tasks).
+# A forked child keeps its copy as it is: a task dropped there could be
+# finalized, and its cleanup would unregister fds from the parent's epoll set.
 _system_tasks: dict[asyncio.Task[None], Callable[[], None]] = {}
 
 
