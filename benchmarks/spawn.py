@@ -78,16 +78,6 @@ def _async_spawner(impl: Impl, pipes: bool) -> Callable[[], Awaitable[None]]:
                 await process.wait()
 
         return aioproc_once
-    if impl.api == AIOPROC_RUN:
-        import aioproc
-
-        async def aioproc_run_once() -> None:
-            if pipes:
-                await aioproc.run_process(CMD, input=b"")
-            else:
-                await aioproc.run_process(CMD, stdin=stdio, stdout=stdio, stderr=stdio)
-
-        return aioproc_run_once
     if impl.api == ASYNCIO:
         import asyncio
 
@@ -129,16 +119,23 @@ def _async_spawner(impl: Impl, pipes: bool) -> Callable[[], Awaitable[None]]:
                 await process.wait()
 
         return anyio_open_once
-    if impl.api == ANYIO_RUN:
+    if impl.api in (AIOPROC_RUN, ANYIO_RUN):
         import anyio
 
-        async def anyio_run_once() -> None:
-            if pipes:
-                await anyio.run_process(CMD, input=b"")
-            else:
-                await anyio.run_process(CMD, stdin=stdio, stdout=stdio, stderr=stdio)
+        import aioproc
 
-        return anyio_run_once
+        # The same call: aioproc.run_process is a drop-in for anyio's.
+        run_process: Callable[..., Awaitable[object]] = (
+            aioproc.run_process if impl.api == AIOPROC_RUN else anyio.run_process
+        )
+
+        async def run_process_once() -> None:
+            if pipes:
+                await run_process(CMD, input=b"")
+            else:
+                await run_process(CMD, stdin=stdio, stdout=stdio, stderr=stdio)
+
+        return run_process_once
     raise LookupError(impl.name)
 
 
