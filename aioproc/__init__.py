@@ -22,14 +22,24 @@ if sys.platform == "win32":  # pragma: no cover - exercised by a subprocess test
 
 from subprocess import DEVNULL, PIPE, STDOUT
 
-from ._channel import ParentChannel, parent_channel
-from ._child_scope import ChildScope
-from ._detach import DetachedProcess, detach
-from ._fork import ChildDied, ForkedProcess, ForkOpener, fork, fork_call
-from ._open_process import ProcessOpener, open_process
-from ._process import Process
-from ._run_process import run_process
-from ._streams import PipeReceiveStream, PipeSendStream
+from ._fork import (
+    ChildDied,
+    ForkedProcess,
+    ForkOpener,
+    ParentChannel,
+    fork,
+    fork_call,
+    parent_channel,
+)
+from ._spawn import (
+    PipeReceiveStream,
+    PipeSendStream,
+    Process,
+    ProcessOpener,
+    open_process,
+    run_process,
+)
+from ._unattended import ChildScope, DetachedProcess, detach
 from ._watcher import mechanism as child_watcher
 
 __all__ = [

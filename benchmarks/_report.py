@@ -14,7 +14,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from ._runner import MEASUREMENTS, MeasurementResult, Row
+from ._results import MEASUREMENTS, MeasurementResult, Row
 
 __all__ = ["emit", "machine", "markdown"]
 

@@ -27,75 +27,15 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from ._core import Case, Impl, Measurement, Mode
+from ._results import MEASUREMENTS, CaseResult, MeasurementResult, Row, Run, Stat
 
-__all__ = ["MEASUREMENTS", "CaseResult", "MeasurementResult", "Row", "Run", "Stat", "main"]
+__all__ = ["main"]
 
-MEASUREMENTS = ("spawn", "concurrency", "throughput", "roundtrip", "fork", "detach")
 ROUNDS: dict[Mode, int] = {"full": 3, "quick": 2, "smoke": 1}
 TIMEOUT: dict[Mode, float] = {"full": 900.0, "quick": 120.0, "smoke": 60.0}
 ROOT = Path(__file__).resolve().parent.parent
-
-
-@dataclass
-class Run:
-    """What one worker reported: its metrics, or why it has none."""
-
-    values: dict[str, float] | None
-    error: str | None = None
-    stderr: str = ""
-    seconds: float = 0.0
-
-
-@dataclass
-class Stat:
-    median: float
-    min: float
-    max: float
-    ratio: float | None
-
-
-@dataclass
-class Row:
-    impl: Impl
-    runs: list[Run] = field(default_factory=list)
-    unavailable: str | None = None
-    stats: dict[str, Stat] = field(default_factory=dict)
-
-    @property
-    def failures(self) -> list[Run]:
-        return [run for run in self.runs if run.values is None]
-
-
-@dataclass
-class CaseResult:
-    case: Case
-    rows: list[Row]
-
-
-@dataclass
-class MeasurementResult:
-    measurement: Measurement
-    cases: list[CaseResult] = field(default_factory=list)
-    skipped: str | None = None
-    caption: str = ""
-
-    def impl_names(self) -> list[str]:
-        return [impl.name for impl in self.measurement.impls]
-
-    def curve(
-        self, name: str, param: str, keys: tuple[str, ...]
-    ) -> list[tuple[Any, dict[str, float]]]:
-        """(case parameter, medians) for one row over every case where it has numbers."""
-        points = []
-        for case_result in self.cases:
-            for row in case_result.rows:
-                if row.impl.name == name and all(key in row.stats for key in keys):
-                    medians = {key: row.stats[key].median for key in keys}
-                    points.append((case_result.case.params[param], medians))
-        return points
 
 
 class Progress:

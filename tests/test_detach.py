@@ -371,7 +371,7 @@ async def test_cancelled_before_it_starts_starts_nothing(anyio_backend: object) 
 async def test_cancelled_while_the_intermediate_runs_still_returns_the_pid(
     anyio_backend: object, strays: Strays, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from aioproc import _detach
+    from aioproc._unattended import _detach
 
     real_reap = _detach._reap
 

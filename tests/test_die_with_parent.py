@@ -17,7 +17,8 @@ import anyio
 import pytest
 
 import aioproc
-from aioproc import Process, _spawn
+from aioproc import Process
+from aioproc._spawn import _request
 
 from .helpers import Strays, helper_code, py
 
@@ -105,7 +106,7 @@ async def test_a_child_of_a_living_parent_runs_normally(anyio_backend: object, e
 def test_the_race_with_a_parent_dying_first_is_closed(monkeypatch: pytest.MonkeyPatch) -> None:
     """If the parent died between fork and prctl, getppid() differs: the child leaves at once."""
     monkeypatch.setattr(os, "getpid", lambda: 1)  # the pid the child will compare with
-    set_death_signal = _spawn._die_with_parent(signal.SIGKILL)
+    set_death_signal = _request._die_with_parent(signal.SIGKILL)
     monkeypatch.undo()
     child = subprocess.Popen(["sleep", "60"], preexec_fn=set_death_signal)
     try:

@@ -147,7 +147,7 @@ async def test_an_exception_keeps_its_type_and_the_childs_traceback(anyio_backen
     with pytest.raises(Oops, match="from the child") as caught:
         await aioproc.fork_call(raise_oops)
     cause = caught.value.__cause__
-    assert isinstance(cause, aioproc._fork.ChildTraceback)
+    assert isinstance(cause, aioproc._fork._fork.ChildTraceback)
     assert "raise_oops" in cause.text
     assert 'raise Oops("from the child")' in cause.text
 

@@ -27,7 +27,16 @@ import threading
 import warnings
 from typing import Protocol
 
-__all__ = ["Child", "active_children", "mechanism", "reap_orphans", "watch"]
+from ._thread import WaiterThread
+
+__all__ = [
+    "Child",
+    "WaiterThread",
+    "active_children",
+    "mechanism",
+    "reap_orphans",
+    "watch",
+]
 
 _ENV_VAR = "AIOPROC_CHILD_WATCHER"
 _MECHANISMS = ("pidfd", "kqueue", "thread")

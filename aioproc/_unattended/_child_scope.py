@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 from anyio import create_task_group, move_on_after
 
-from ._open_process import Engine, open_process
+from .._spawn import Engine, open_process
 
 if sys.version_info < (3, 11):  # pragma: no cover - CI runs 3.11 and 3.13
     from exceptiongroup import ExceptionGroup  # type: ignore[import-not-found, unused-ignore]
@@ -29,8 +29,7 @@ if TYPE_CHECKING:
 
     from anyio.abc import TaskGroup
 
-    from ._process import Process
-    from ._spawn import FileSpec, StrOrBytesPath
+    from .._spawn import FileSpec, Process, StrOrBytesPath
 
 __all__ = ["ChildScope"]
 

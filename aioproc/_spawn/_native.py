@@ -1,7 +1,7 @@
 """The default engine: our own pipes, and exit notification from the child watcher.
 
 No event-loop subprocess machinery is involved, so the same code runs on
-asyncio, uvloop and trio: the child is started by ``_spawn.spawn``, its pipes
+asyncio, uvloop and trio: the child is started by ``_request.spawn``, its pipes
 are :class:`FdReceiveStream` / :class:`FdSendStream`, and its exit is an fd
 from ``_watcher`` awaited like any other.
 """
@@ -16,17 +16,17 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from . import _watcher
+from .. import _watcher
 from ._process import Process
 from ._streams import _CHUNK, FdReceiveStream, FdSendStream
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
 
-    from ._backends import Backend
-    from ._spawn import SpawnedChild
+    from .._backends import Backend
+    from ._request import SpawnedChild
 
-__all__ = ["NativeProcess"]
+__all__ = ["NativeProcess", "drain"]
 
 _EXIT_WAIT_WITHOUT_LOOP = 1.0  # seconds
 
@@ -157,7 +157,7 @@ class NativeProcess(Process):
                     elif isinstance(stream, FdReceiveStream):
                         chunks = received[stream]
                         start = len(chunks)
-                        at_eof = _drain(stream._fd, chunks)
+                        at_eof = drain(stream._fd, chunks)
                         stream.count_received(sum(map(len, chunks[start:])))
                         if at_eof:
                             selector.unregister(key.fd)
@@ -244,7 +244,7 @@ class NativeProcess(Process):
         child.release()
 
 
-def _drain(fd: int, chunks: list[bytes]) -> bool:
+def drain(fd: int, chunks: list[bytes]) -> bool:
     """Read what ``fd`` has; return whether it reached EOF."""
     while True:
         try:

@@ -40,7 +40,7 @@ from anyio.abc import ByteReceiveStream, ByteSendStream
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
 
-    from ._backends import Backend
+    from .._backends import Backend
 
 __all__ = [
     "FdReceiveStream",

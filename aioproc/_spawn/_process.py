@@ -1,6 +1,6 @@
 """The public :class:`Process`: what every engine offers, and how a child is stopped.
 
-An engine (``_native.py``, ``_asyncio_engine.py``) supplies the mechanism: the
+An engine (``_native``, ``_asyncio_engine``) supplies the mechanism: the
 pipes, how to learn that the child exited, how to signal it and how to let it
 go. This module holds the policy that must not differ between engines: what
 ``wait()``, ``aclose()`` and leaving an ``async with`` block do, and the

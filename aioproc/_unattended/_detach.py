@@ -53,14 +53,14 @@ from typing import IO, TYPE_CHECKING, Any, NoReturn, TypeAlias
 
 from anyio import CancelScope
 
-from . import _watcher
-from ._backends import current_backend
-from ._spawn import SpawnRequest, StrOrBytesPath, check_file
+from .. import _watcher
+from .._backends import current_backend
+from .._spawn import SpawnRequest, StrOrBytesPath, check_file
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from ._backends import Backend
+    from .._backends import Backend
 
 __all__ = ["DetachedProcess", "detach"]
 

@@ -14,7 +14,7 @@ if TYPE_CHECKING:
     from anyio.abc import TaskStatus
 
     from ._process import Process
-    from ._spawn import FileSpec, StrOrBytesPath
+    from ._request import FileSpec, StrOrBytesPath
 
 __all__ = ["run_process"]
 

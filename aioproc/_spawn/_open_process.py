@@ -6,9 +6,9 @@ import subprocess
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any, Literal
 
-from ._backends import current_backend
+from .._backends import current_backend
 from ._process import Opener, Process, check_grace
-from ._spawn import FileSpec, SpawnRequest, StrOrBytesPath, spawn
+from ._request import FileSpec, SpawnRequest, StrOrBytesPath, spawn
 
 __all__ = ["ENGINES", "ProcessOpener", "open_process"]
 

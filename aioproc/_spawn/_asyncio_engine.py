@@ -23,14 +23,14 @@ from typing import TYPE_CHECKING, Any
 import anyio.lowlevel
 from anyio import BrokenResourceError, BusyResourceError, ClosedResourceError, EndOfStream
 
+from .._watcher import _pidfd
 from ._process import Process
 from ._streams import PipeReceiveStream, PipeSendStream
-from ._watcher import _pidfd
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
 
-    from ._spawn import SpawnRequest
+    from ._request import SpawnRequest
 
 __all__ = ["AsyncioProcess", "open_asyncio_process"]
 

@@ -1,7 +1,7 @@
 """The message channel between a forked child and its parent, and the frames it carries.
 
 A frame is an 8-byte big-endian length and a pickle. The same frames carry the
-child's result on a pipe of its own (``_fork.py``), and the messages both ways
+child's result on a pipe of its own (``_fork``), and the messages both ways
 on two more pipes, here:
 
 * the parent's end, :class:`Channel`, is an anyio ``ObjectStream`` over our
@@ -31,14 +31,14 @@ import anyio
 from anyio import BrokenResourceError, BusyResourceError, ClosedResourceError, EndOfStream
 from anyio.abc import ObjectStream
 
-from ._backends import current_backend
-from ._streams import enlarge_pipe
+from .._backends import current_backend
+from .._spawn import enlarge_pipe
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable, Iterator
 
-    from ._backends import Backend
-    from ._streams import FdReceiveStream, FdSendStream
+    from .._backends import Backend
+    from .._spawn import FdReceiveStream, FdSendStream
 
 __all__ = ["Channel", "ParentChannel", "pack", "parent_channel", "type_name", "unpack"]
 
@@ -315,7 +315,7 @@ class ParentChannel:
     def send_result(self, payload: bytes) -> None:
         """Write the final result, a pickle, framed as a message is (blocking); close the pipe.
 
-        The channel is closed by then (``fn`` has returned): see ``_forkchild``.
+        The channel is closed by then (``fn`` has returned): see ``_child``.
         The header goes first on its own, so that the payload is not copied behind it.
         """
         fd, self._result_fd = self._result_fd, -1

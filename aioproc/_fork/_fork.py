@@ -4,7 +4,7 @@ PHP's ``pcntl_fork`` hands you a pid and leaves the waiting to you. Here the
 child is a :class:`ForkedProcess`: the same :class:`Process` as one from
 ``open_process`` (``wait``, signals, the TERM-grace-KILL shutdown, reaping by
 the child watcher), plus :meth:`~ForkedProcess.result` and a message
-:attr:`~ForkedProcess.channel`. What the child runs is in ``_forkchild.py``.
+:attr:`~ForkedProcess.channel`. What the child runs is in ``_child``.
 
 The fork itself runs on the event-loop thread, as a spawn does: it costs about
 what copying the parent's page tables costs, which grows with its memory. It
@@ -28,17 +28,22 @@ from typing import TYPE_CHECKING, Any, Literal
 import anyio
 from anyio import BrokenResourceError, ClosedResourceError, EndOfStream
 
-from ._backends import current_backend
+from .._backends import current_backend
+from .._spawn import (
+    FdReceiveStream,
+    FdSendStream,
+    NativeProcess,
+    Opener,
+    SpawnedChild,
+    check_grace,
+    drain,
+)
+from .._watcher import WaiterThread
 from ._channel import Channel, ParentChannel, frame_size
-from ._forkchild import ALL_SIGNALS, csignal, flush_output, handlers_to_reset, run_child
-from ._native import NativeProcess, _drain
-from ._process import Opener, check_grace
-from ._spawn import SpawnedChild
-from ._streams import FdReceiveStream, FdSendStream
-from ._watcher._thread import WaiterThread
+from ._child import ALL_SIGNALS, csignal, flush_output, handlers_to_reset, run_child
 
 if TYPE_CHECKING:
-    from ._backends import Backend
+    from .._backends import Backend
 
 __all__ = ["ChildDied", "ForkOpener", "ForkedProcess", "fork", "fork_call"]
 
@@ -154,7 +159,7 @@ async def fork_call(
         await child.stop()
         raise
     if child._has_result():
-        # The child is exiting, holding nothing of ours (see _forkchild._report):
+        # The child is exiting, holding nothing of ours (see _child._report):
         # what is left is for the kernel, which takes longer to free a big
         # parent's copy than it took to fork it. Nobody needs to wait for that.
         child._let_go()
@@ -474,7 +479,7 @@ class ForkedProcess(NativeProcess):
         stream = self._result_stream
         if not stream.closed:
             chunks: list[bytes] = []
-            _drain(stream._fd, chunks)
+            drain(stream._fd, chunks)
             self._frame += b"".join(chunks)
             stream.close()
 
