@@ -63,7 +63,7 @@ def machine() -> dict[str, Any]:
     if commit and git("status", "--porcelain", "--", "."):
         commit += " + uncommitted changes"
     return {
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "system": platform.system(),
         "kernel": platform.release(),
         "cpu_count": os.cpu_count(),

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import signal
 import subprocess
-import sys
 from pathlib import Path
 
 import anyio
@@ -13,11 +12,6 @@ import pytest
 from aioproc import ChildScope, Process
 
 from .helpers import children_of_us, py, thread_count
-
-if sys.version_info >= (3, 11):
-    from builtins import ExceptionGroup
-else:  # pragma: no cover
-    from exceptiongroup import ExceptionGroup
 
 # A child that reports each SIGTERM in a file and otherwise ignores it.
 STUBBORN = (

@@ -180,10 +180,8 @@ def _run_coroutine(
         return trio.run(main)
     import asyncio
 
-    if sys.version_info >= (3, 11):
-        with asyncio.Runner(loop_factory=loop_factory) as runner:
-            return runner.run(coro)
-    return asyncio.run(coro)  # pragma: no cover - Python 3.10: the policy's loop
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
+        return runner.run(coro)
 
 
 def _pickle(outcome: tuple[bool, Any]) -> bytes:

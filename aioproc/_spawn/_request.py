@@ -164,10 +164,7 @@ class SpawnRequest:
             kwargs["umask"] = umask
         in_child: list[Callable[[], None]] = []
         if process_group is not None:
-            if sys.version_info >= (3, 11):
-                kwargs["process_group"] = process_group
-            else:
-                in_child.append(_setpgid_to(process_group))
+            kwargs["process_group"] = process_group
         death_signal = _death_signal(die_with_parent)
         if death_signal:
             in_child.append(_die_with_parent(death_signal))
@@ -226,15 +223,6 @@ def _run_all(steps: list[Callable[[], None]]) -> Callable[[], None]:
             step()
 
     return run
-
-
-def _setpgid_to(pgid: int) -> Callable[[], None]:
-    # Python 3.10 has no process_group argument. preexec_fn stops Popen from
-    # using vfork, so this path is slower, but it is only taken on 3.10.
-    def setpgid() -> None:
-        os.setpgid(0, pgid)
-
-    return setpgid
 
 
 _PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>

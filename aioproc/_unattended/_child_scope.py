@@ -12,7 +12,6 @@ The name avoids "group": a process group is something else (``process_group=0``)
 from __future__ import annotations
 
 import subprocess
-import sys
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -20,9 +19,6 @@ import anyio
 from anyio import create_task_group, move_on_after
 
 from .._spawn import Engine, open_process
-
-if sys.version_info < (3, 11):  # pragma: no cover - CI runs 3.11 and 3.13
-    from exceptiongroup import ExceptionGroup  # type: ignore[import-not-found, unused-ignore]
 
 if TYPE_CHECKING:
     from types import TracebackType
