@@ -26,4 +26,5 @@ html_title = "aioproc"
 
 autodoc_member_order = "bysource"
 autodoc_typehints = "signature"
+autodoc_preserve_defaults = True  # PIPE, not -1
 autodoc_default_options = {"members": True, "show-inheritance": True}

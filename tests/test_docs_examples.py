@@ -70,8 +70,18 @@ def test_there_are_examples_on_every_tutorial_page() -> None:
 def test_api_page_lists_all() -> None:
     """docs/api.md documents every name of ``aioproc.__all__``, and nothing else of aioproc."""
     text = (DOCS / "api.md").read_text()
-    directive = r"^\.\. (?:auto\w+|py:\w+):: aioproc\.(\w+)"
+    directive = r"^\.\. (?:auto\w+|py:\w+):: (?:aioproc\.)?(\w+)"
     listed = re.findall(directive, text, flags=re.MULTILINE)
     assert len(listed) == len(set(listed)), "a name is listed twice in docs/api.md"
     assert set(aioproc.__all__) - set(listed) == set(), "public names missing from docs/api.md"
     assert set(listed) - set(aioproc.__all__) == set(), "docs/api.md lists names not in __all__"
+
+
+def test_readme_is_a_landing_page() -> None:
+    """At most 150 lines, and its test command is the one CI runs."""
+    readme = (ROOT / "README.md").read_text()
+    assert len(readme.splitlines()) <= 150
+    command = "python -X dev -W error::ResourceWarning -m pytest"
+    assert f"python -m pip install -e '.[test]' && {command}\n" in readme
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert f"AIOPROC_CHILD_WATCHER=$watcher {command} -q\n" in ci, "README and .ci/run differ"
