@@ -11,6 +11,7 @@ rewrites those comments from a run on asyncio, for review.
 from __future__ import annotations
 
 import re
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -48,6 +49,8 @@ def test_example(
         return real_run(func, *args, **kwargs)
 
     monkeypatch.setattr(anyio, "run", run_on_backend)
+    # pytest-examples runs the example as __main__; put ours back afterwards.
+    monkeypatch.setitem(sys.modules, "__main__", sys.modules["__main__"])
     eval_example.set_config(line_length=100)
     if "anyio.run(main" not in example.source:
         pytest.fail(f"{example_id(example)}: not a complete program ending in anyio.run(main)")
