@@ -22,6 +22,7 @@ How the stages are wired, and why:
 
 from __future__ import annotations
 
+import asyncio
 import fcntl
 import os
 import signal
@@ -222,30 +223,45 @@ class Pipeline:
     async def stop(self, grace: float | None = None) -> None:
         """Stop every stage now, and reap them: what leaving ``async with`` by an error does.
 
-        Shielded from cancellation: stdin is closed, the group gets SIGTERM, and
-        ``grace`` seconds later (default: the ``grace`` given to ``pipeline``)
-        every stage still running gets SIGKILL, and the group too. Once every
-        stage is gone, whatever is left of the group gets SIGKILL.
+        stdin is closed, the group gets SIGTERM, and ``grace`` seconds later
+        (default: the ``grace`` given to ``pipeline``) every stage still running
+        gets SIGKILL, and the group too. Once every stage is gone, whatever is
+        left of the group gets SIGKILL. It is shielded from cancellation, even
+        from asyncio's own ``Task.cancel()``: that one is raised once the
+        stages are reaped.
         """
         grace = self._grace if grace is None else check_grace(grace)
+        deadline = anyio.current_time() + grace
+        native: asyncio.CancelledError | None = None
         with CancelScope(shield=True):
             try:
                 if self._stdin is not None:
                     self._stdin.close()
-                if self._running():
-                    self.send_signal(signal.SIGTERM)
-                    if grace > 0:
-                        with move_on_after(grace):
+                terminated = False
+                while self._running():
+                    # A native asyncio cancellation pierces anyio's shield; it
+                    # lands here and the sequence goes on where it was.
+                    try:
+                        if not terminated:
+                            terminated = True
+                            self.send_signal(signal.SIGTERM)
+                        remaining = deadline - anyio.current_time()
+                        if remaining > 0:
+                            with move_on_after(remaining):
+                                await self._wait_all()
+                        else:
+                            self.send_signal(signal.SIGKILL)
+                            for stage in self._stages:  # a stage that left the group, too
+                                stage.kill()
                             await self._wait_all()
-                    if self._running():
-                        self.send_signal(signal.SIGKILL)
-                        for stage in self._stages:  # a stage that left the group, too
-                            stage.kill()
-                        await self._wait_all()
+                    except asyncio.CancelledError as exc:
+                        native = exc
                 self.send_signal(signal.SIGKILL)
             finally:
                 self._close_streams()
                 self._release()
+        if native is not None:
+            raise native
 
     async def __aenter__(self) -> Pipeline:
         return self
