@@ -313,9 +313,32 @@ async def test_shell_strings_are_stages() -> None:
     assert result.stdout.strip() == b"2"
 
 
-async def test_timeout_stops_and_reaps() -> None:
-    with pytest.raises(subprocess.TimeoutExpired):
-        await aioproc.run_pipeline(["sleep", "60"], ["cat"], timeout=0.2)
+async def test_timeout_stops_and_reaps_and_keeps_what_was_read() -> None:
+    with pytest.raises(subprocess.TimeoutExpired) as caught:
+        await aioproc.run_pipeline(
+            _sh("echo early; echo oops >&2; exec sleep 60"), ["cat"], timeout=0.5
+        )
+    # what each stage wrote before the timeout may or may not have been read by then
+    assert caught.value.output in (b"", b"early\n")
+    assert caught.value.stderr in (b"", b"oops\n")
+
+
+async def test_a_process_stdin_handed_over_as_stdout() -> None:
+    async with aioproc.open_process(["tr", "a-z", "A-Z"], stderr=DEVNULL) as upper:
+        assert upper.stdin is not None
+        assert upper.stdout is not None
+        result = await aioproc.run_pipeline(["echo", "hi"], ["cat"], stdout=upper.stdin)
+        assert upper.stdin.closed
+        assert result.stdout is None
+        assert await upper.stdout.read_all() == b"HI\n"
+
+
+async def test_a_stage_with_stderr_to_stdout() -> None:
+    result = await aioproc.run_pipeline(
+        Stage(_sh("echo out; echo err >&2"), stderr=subprocess.STDOUT), ["sort"]
+    )
+    assert result.stdout == b"err\nout\n"
+    assert result.stderrs == [None, b""]
 
 
 async def test_await_then_aclose() -> None:

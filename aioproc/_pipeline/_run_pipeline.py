@@ -151,7 +151,7 @@ async def run_pipeline(
             Stage(s.command, cwd=s.cwd, env=s.env, stderr=_PIPE) if s.stderr is UNSET else s
             for s in stages
         ]
-    output: list[bytes] = []
+    outputs: list[bytes] = []
     errors: dict[int, bytes] = {}
     with move_on_after(timeout) as timer:
         async with pipeline(
@@ -166,7 +166,7 @@ async def run_pipeline(
         ) as running:
 
             async def read_stdout(stream: PipeReceiveStream) -> None:
-                output.append(await stream.read_all())
+                outputs.append(await stream.read_all())
 
             async def read_stderr(index: int, stream: PipeReceiveStream) -> None:
                 errors[index] = await stream.read_all()
@@ -182,8 +182,16 @@ async def run_pipeline(
             await running.wait()
     if timer.cancelled_caught:
         assert timeout is not None
+        # What was read before the timeout stays in the streams (see read_all()).
+        output = None if running.stdout is None else running.stdout._take_pending()
+        captured = [stage.stderr._take_pending() for stage in running.stages if stage.stderr]
         commands_given: Any = running.args
-        raise subprocess.TimeoutExpired(commands_given, timeout, output=None, stderr=None)
+        raise subprocess.TimeoutExpired(
+            commands_given,
+            timeout,
+            output=output,
+            stderr=b"".join(captured) if captured else None,
+        )
     stderrs = [errors.get(index) for index in range(len(stages))]
     codes = running.returncodes
     result = CompletedPipeline(
@@ -191,7 +199,7 @@ async def run_pipeline(
         running.returncode if running.returncode is not None else 0,
         [code if code is not None else 0 for code in codes],
         running.pids,
-        output[0] if output else None,
+        outputs[0] if outputs else None,
         stderrs,
     )
     if check:
