@@ -237,11 +237,23 @@ async def test_a_native_second_cancellation_does_not_cut_the_stop_short(
     assert holder[0].returncodes == [-signal.SIGTERM, -signal.SIGKILL]
 
 
-async def test_a_missing_program_in_the_middle_stops_the_stages_started() -> None:
-    with pytest.raises(FileNotFoundError, match=r"stage 1 of the pipeline") as caught:
-        await aioproc.pipeline(["yes"], ["no-such-program-xyz"], ["cat"], stdin=DEVNULL)
+@pytest.mark.parametrize("where", [0, 1, 2])
+async def test_a_missing_program_stops_the_stages_started(where: int) -> None:
+    stages: list[list[str]] = [["yes"], ["cat"], ["cat"]]
+    stages[where] = ["no-such-program-xyz"]
+    with pytest.raises(FileNotFoundError, match=rf"stage {where} of the pipeline") as caught:
+        await aioproc.pipeline(*stages, stdin=DEVNULL)
     assert caught.value.filename == "no-such-program-xyz"
-    # the autouse leak check: yes was stopped and reaped, and no fd is left
+    # the autouse leak check: the stages before it were stopped and reaped, no fd is left
+
+
+async def test_a_stream_with_bytes_read_ahead_is_refused() -> None:
+    async with aioproc.open_process(["printf", "a\nb\nc\n"], stdin=DEVNULL) as source:
+        assert source.stdout is not None
+        assert await anext(source.stdout.lines()) == b"a\n"  # b and c are read ahead
+        with pytest.raises(ValueError, match="bytes already read from it"):
+            await aioproc.pipeline(["cat"], stdin=source.stdout)
+        assert await source.stdout.read_all() == b"b\nc\n"
 
 
 async def test_a_missing_program_through_run_pipeline() -> None:
