@@ -11,6 +11,7 @@ import shlex
 import signal
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import anyio
@@ -515,3 +516,27 @@ async def test_cancel_at_every_await(
     sweep.install(monkeypatch)
     swept = await sweep.run(scenario)  # type: ignore[arg-type]
     assert swept > 0
+
+
+def test_inner_pipe_ends_held_at_a_fork_are_closed_in_the_child() -> None:
+    # A fork from another thread while a pipeline starts must not keep its inner
+    # pipes: a write end held by that child would hold EOF back from a stage.
+    from aioproc._pipeline._pipeline import _close_all, _pipe
+
+    held: list[int] = []
+    read_fd, write_fd = _pipe(held)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # "multi-threaded, use of fork()"
+            pid = os.fork()
+        if pid == 0:
+            still_open = 0
+            for fd in (read_fd, write_fd):
+                with contextlib.suppress(OSError):
+                    os.fstat(fd)
+                    still_open += 1
+            os._exit(still_open)
+        _, status = os.waitpid(pid, 0)
+    finally:
+        _close_all(held)
+    assert os.waitstatus_to_exitcode(status) == 0

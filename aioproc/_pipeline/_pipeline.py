@@ -23,6 +23,7 @@ How the stages are wired, and why:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fcntl
 import os
 import signal
@@ -390,6 +391,7 @@ async def _start(
         if merged >= 0:
             started._stderr = FdReceiveStream(merged, backend)
             held.remove(merged)
+            _in_flight.discard(merged)  # the stream holds it now (and closes it at fork)
     except BaseException:
         _close_all(held)
         await started.stop()
@@ -447,7 +449,7 @@ def _spawn_all(
         for fd in (stage_stdin, stage_stdout):
             if isinstance(fd, int) and fd in held:
                 held.remove(fd)
-                os.close(fd)
+                _close(fd)
         stage_stdin = next_stdin
 
 
@@ -455,12 +457,35 @@ def _pipe(held: list[int]) -> tuple[int, int]:
     """A pipe, blocking on both ends and close-on-exec (as ``os.pipe`` makes them)."""
     read_fd, write_fd = os.pipe()
     held += (read_fd, write_fd)
+    _in_flight.update((read_fd, write_fd))
     return read_fd, write_fd
+
+
+def _close(fd: int) -> None:
+    _in_flight.discard(fd)
+    os.close(fd)
 
 
 def _close_all(held: list[int]) -> None:
     while held:
-        os.close(held.pop())
+        _close(held.pop())
+
+
+# The inner pipe ends the parent holds while a pipeline starts. A child made by
+# os.fork() in another thread meanwhile would inherit them (close-on-exec does
+# not apply without an exec), and a write end it kept would hold EOF back from
+# the next stage for as long as it lives: it closes them first thing.
+_in_flight: set[int] = set()
+
+
+def _close_in_flight_after_fork() -> None:
+    for fd in list(_in_flight):
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    _in_flight.clear()
+
+
+os.register_at_fork(after_in_child=_close_in_flight_after_fork)
 
 
 def _end(name: str, value: object, stream_type: type, other: str) -> Any:
