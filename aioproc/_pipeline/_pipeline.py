@@ -56,7 +56,7 @@ if TYPE_CHECKING:
 
 __all__ = ["Pipeline", "PipelineOpener", "pipefail_status", "pipeline"]
 
-_PIPE, _DEVNULL, _STDOUT = subprocess.PIPE, subprocess.DEVNULL, subprocess.STDOUT
+_PIPE = subprocess.PIPE
 _MAX_LARGE_PIPES = 16
 _large_pipes = 0  # inner pipes enlarged by pipelines not yet let go
 _large_pipes_lock = threading.Lock()
@@ -143,7 +143,11 @@ class Pipeline:
 
     @property
     def stages(self) -> tuple[Process, ...]:
-        """Each stage as a :class:`Process` (its ``pid``, ``returncode``, own ``stderr``)."""
+        """Each stage as a :class:`Process` (its ``pid``, ``returncode``, own ``stderr``).
+
+        The pipeline owns them: stop or close the pipeline, not a stage (stage 0
+        anchors the group until the pipeline lets it go).
+        """
         return tuple(self._stages)
 
     @property
