@@ -6,7 +6,9 @@
 * :func:`detach` starts a command that outlives us, and returns its pid;
 * :class:`ChildScope` owns children you start and do not await;
 * :func:`fork` and :func:`fork_call` run a Python callable in an ``os.fork()``
-  child and bring its result back, with a message channel both ways.
+  child and bring its result back, with a message channel both ways;
+* :func:`pipeline` and :func:`run_pipeline` run ``a | b | c`` over kernel
+  pipes, with bash's exit-status rules and one stop for every stage.
 
 The first two accept what anyio's functions of the same names accept. One child
 watcher per process reaps exactly the children aioproc started: through a
@@ -31,6 +33,15 @@ from ._fork import (
     fork_call,
     parent_channel,
 )
+from ._pipeline import (
+    CompletedPipeline,
+    Pipeline,
+    PipelineError,
+    PipelineOpener,
+    Stage,
+    pipeline,
+    run_pipeline,
+)
 from ._spawn import (
     PipeReceiveStream,
     PipeSendStream,
@@ -48,19 +59,26 @@ __all__ = [
     "STDOUT",
     "ChildDied",
     "ChildScope",
+    "CompletedPipeline",
     "DetachedProcess",
     "ForkOpener",
     "ForkedProcess",
     "ParentChannel",
     "PipeReceiveStream",
     "PipeSendStream",
+    "Pipeline",
+    "PipelineError",
+    "PipelineOpener",
     "Process",
     "ProcessOpener",
+    "Stage",
     "child_watcher",
     "detach",
     "fork",
     "fork_call",
     "open_process",
     "parent_channel",
+    "pipeline",
+    "run_pipeline",
     "run_process",
 ]
