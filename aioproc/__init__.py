@@ -6,7 +6,9 @@
 * :func:`detach` starts a command that outlives us, and returns its pid;
 * :class:`ChildScope` owns children you start and do not await;
 * :func:`fork` and :func:`fork_call` run a Python callable in an ``os.fork()``
-  child and bring its result back, with a message channel both ways.
+  child and bring its result back, with a message channel both ways;
+* ``open_process(cmd, pty=True)`` runs a child on a terminal of its own, and
+  :func:`expect` waits for a pattern in its output.
 
 The first two accept what anyio's functions of the same names accept. One child
 watcher per process reaps exactly the children aioproc started: through a
@@ -32,10 +34,18 @@ from ._fork import (
     parent_channel,
 )
 from ._spawn import (
+    EOF,
+    ExpectMatch,
+    ExpectTimeout,
     PipeReceiveStream,
     PipeSendStream,
     Process,
     ProcessOpener,
+    Pty,
+    Terminal,
+    UnexpectedEOF,
+    exact,
+    expect,
     open_process,
     run_process,
 )
@@ -44,11 +54,14 @@ from ._watcher import mechanism as child_watcher
 
 __all__ = [
     "DEVNULL",
+    "EOF",
     "PIPE",
     "STDOUT",
     "ChildDied",
     "ChildScope",
     "DetachedProcess",
+    "ExpectMatch",
+    "ExpectTimeout",
     "ForkOpener",
     "ForkedProcess",
     "ParentChannel",
@@ -56,8 +69,13 @@ __all__ = [
     "PipeSendStream",
     "Process",
     "ProcessOpener",
+    "Pty",
+    "Terminal",
+    "UnexpectedEOF",
     "child_watcher",
     "detach",
+    "exact",
+    "expect",
     "fork",
     "fork_call",
     "open_process",
