@@ -415,14 +415,22 @@ _DEFAULT_SIGNALS = tuple(getattr(signal, n) for n in _SIGNAL_NAMES.split() if ha
 _FAST_PATH = sys.platform == "linux" and hasattr(os, "POSIX_SPAWN_OPEN")
 
 
+_NAMES = {subprocess.PIPE: "PIPE", subprocess.STDOUT: "STDOUT", subprocess.DEVNULL: "DEVNULL"}
+
+
+def _named(value: object) -> str:
+    return _NAMES.get(value, repr(value)) if isinstance(value, int) else repr(value)
+
+
 def check_stdio(stdin: object, stdout: object, stderr: object) -> None:
     if stdin not in (subprocess.PIPE, None):
         raise ValueError(
-            f"with pty=, stdin is the terminal: leave it out (or PIPE), not stdin={stdin!r}"
+            f"with pty=, stdin is the terminal: leave it out (or PIPE), not stdin={_named(stdin)}"
         )
     if stdout != subprocess.PIPE:
         raise ValueError(
-            f"with pty=, stdout is the terminal: leave it out (or PIPE), not stdout={stdout!r}"
+            "with pty=, stdout is the terminal: leave it out (or PIPE), "
+            f"not stdout={_named(stdout)}"
         )
     if stderr == subprocess.STDOUT:
         raise ValueError(
