@@ -427,3 +427,28 @@ async def test_bad_resize() -> None:
 async def test_a_shell_command_runs_through_sh() -> None:
     result = await aioproc.run_process("echo $((6 * 7))", pty=True)
     assert result.stdout == b"42\r\n"
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_native_asyncio_cancel_twice_during_the_stop_sequence() -> None:
+    import asyncio
+
+    started = asyncio.Event()
+    children: list[aioproc.Process] = []
+    script = "trap '' HUP; echo ready; exec sleep 60"
+
+    async def body() -> None:
+        async with aioproc.open_process(["sh", "-c", script], pty=True, grace=0.2) as child:
+            children.append(child)
+            await aioproc.expect(child.stdout, b"ready", timeout=30)  # type: ignore[arg-type]
+            started.set()
+            await asyncio.sleep(60)
+
+    task = asyncio.create_task(body())
+    await started.wait()
+    task.cancel()
+    await asyncio.sleep(0.05)  # in the stop sequence by now, or not: the outcome is the same
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert children[0].returncode == -signal.SIGKILL
