@@ -8,7 +8,9 @@
 * :func:`fork` and :func:`fork_call` run a Python callable in an ``os.fork()``
   child and bring its result back, with a message channel both ways;
 * :func:`pipeline` and :func:`run_pipeline` run ``a | b | c`` over kernel
-  pipes, with bash's exit-status rules and one stop for every stage.
+  pipes, with bash's exit-status rules and one stop for every stage;
+* ``open_process(cmd, pty=True)`` runs a child on a terminal of its own, and
+  :func:`expect` waits for a pattern in its output.
 
 The first two accept what anyio's functions of the same names accept. One child
 watcher per process reaps exactly the children aioproc started: through a
@@ -43,10 +45,18 @@ from ._pipeline import (
     run_pipeline,
 )
 from ._spawn import (
+    EOF,
+    ExpectMatch,
+    ExpectTimeout,
     PipeReceiveStream,
     PipeSendStream,
     Process,
     ProcessOpener,
+    Pty,
+    Terminal,
+    UnexpectedEOF,
+    exact,
+    expect,
     open_process,
     run_process,
 )
@@ -55,12 +65,15 @@ from ._watcher import mechanism as child_watcher
 
 __all__ = [
     "DEVNULL",
+    "EOF",
     "PIPE",
     "STDOUT",
     "ChildDied",
     "ChildScope",
     "CompletedPipeline",
     "DetachedProcess",
+    "ExpectMatch",
+    "ExpectTimeout",
     "ForkOpener",
     "ForkedProcess",
     "ParentChannel",
@@ -71,9 +84,14 @@ __all__ = [
     "PipelineOpener",
     "Process",
     "ProcessOpener",
+    "Pty",
     "Stage",
+    "Terminal",
+    "UnexpectedEOF",
     "child_watcher",
     "detach",
+    "exact",
+    "expect",
     "fork",
     "fork_call",
     "open_process",
