@@ -9,11 +9,13 @@ from typing import TYPE_CHECKING, Any
 from anyio import TASK_STATUS_IGNORED, move_on_after
 
 from ._open_process import Engine, open_process
+from ._pty import STDERR_DEFAULT
 
 if TYPE_CHECKING:
     from anyio.abc import TaskStatus
 
     from ._process import Process
+    from ._pty import Pty
     from ._request import FileSpec, StrOrBytesPath
 
 __all__ = ["run_process"]
@@ -25,7 +27,7 @@ async def run_process(
     input: bytes | bytearray | memoryview | None = None,
     stdin: FileSpec = None,
     stdout: FileSpec = subprocess.PIPE,
-    stderr: FileSpec = subprocess.PIPE,
+    stderr: FileSpec = STDERR_DEFAULT,
     check: bool = True,
     timeout: float | None = None,  # noqa: ASYNC109 - subprocess.run's argument, kept for drop-in use
     cwd: StrOrBytesPath | None = None,
@@ -43,6 +45,7 @@ async def run_process(
     grace: float = 5.0,
     deliver_cancel: Callable[[Process], Awaitable[object]] | None = None,
     engine: Engine | None = None,
+    pty: bool | Pty = False,
     task_status: TaskStatus[Process] = TASK_STATUS_IGNORED,
 ) -> subprocess.CompletedProcess[bytes]:
     """Run ``command``, feed it ``input``, and return its exit status and captured output.
@@ -58,7 +61,9 @@ async def run_process(
     read so far. Started with ``TaskGroup.start()``, it hands the
     :class:`Process` to the caller as soon as the child runs.
 
-    The other arguments are those of :func:`open_process`.
+    The other arguments are those of :func:`open_process`. With ``pty=``, the
+    output is the terminal's (CRLF line ends, stderr in it) and ``input`` is
+    typed, then the EOF character.
     """
     if input is not None:
         if stdin is not None:
@@ -87,6 +92,7 @@ async def run_process(
             grace=grace,
             deliver_cancel=deliver_cancel,
             engine=engine,
+            pty=pty,
         ) as process:
             task_status.started(process)
             output, errors = await process._communicate(input, feed_stdin=input is not None)
