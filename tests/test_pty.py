@@ -452,3 +452,19 @@ async def test_native_asyncio_cancel_twice_during_the_stop_sequence() -> None:
     with pytest.raises(asyncio.CancelledError):
         await task
     assert children[0].returncode == -signal.SIGKILL
+
+
+async def test_run_process_timeout_keeps_what_was_read() -> None:
+    # 3 s is for the output to arrive; the child itself would wait 60.
+    with pytest.raises(subprocess.TimeoutExpired) as caught:
+        await aioproc.run_process(
+            ["sh", "-c", "echo partial; exec sleep 60"], pty=True, timeout=3, grace=0.1
+        )
+    assert caught.value.output == b"partial\r\n"
+
+
+async def test_stdin_none_is_the_terminal_too() -> None:
+    # run_process's default stdin=None means the terminal with pty=, as PIPE does.
+    async with aioproc.open_process(["cat"], stdin=None, pty=aioproc.Pty(echo=False)) as child:
+        await child.stdin.send(b"typed\n")  # type: ignore[union-attr]
+        await aioproc.expect(child.stdout, b"typed\r\n", timeout=30)  # type: ignore[arg-type]

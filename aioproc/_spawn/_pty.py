@@ -250,7 +250,7 @@ class Terminal:
                     stream._make_nonblocking()
                 if os.write(fd, vintr) == 1:
                     return
-        except OSError:
+        except (termios.error, OSError):  # full (EAGAIN), or the child has let go of it
             pass
         self._signal_foreground(signal.SIGINT)
 
