@@ -468,3 +468,21 @@ async def test_stdin_none_is_the_terminal_too() -> None:
     async with aioproc.open_process(["cat"], stdin=None, pty=aioproc.Pty(echo=False)) as child:
         await child.stdin.send(b"typed\n")  # type: ignore[union-attr]
         await aioproc.expect(child.stdout, b"typed\r\n", timeout=30)  # type: ignore[arg-type]
+
+
+def test_a_loop_in_another_thread_spawns_on_both_paths() -> None:
+    # The Popen path runs Python in the child (TIOCSCTTY, signal dispositions): from
+    # a thread that is not the main one too.
+    import threading
+
+    results: list[bytes] = []
+
+    async def main() -> None:
+        for options in SPAWN_PATHS.values():
+            result = await aioproc.run_process(["sh", "-c", "echo ok"], pty=True, **options)  # type: ignore[arg-type]
+            results.append(result.stdout)
+
+    thread = threading.Thread(target=anyio.run, args=(main,))
+    thread.start()
+    thread.join()
+    assert results == [b"ok\r\n", b"ok\r\n"]
