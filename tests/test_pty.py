@@ -247,6 +247,7 @@ async def test_resize_sends_sigwinch_with_the_new_size(spawn_path: dict[str, str
         await aioproc.expect(child.stdout, b"ready", timeout=30)  # type: ignore[arg-type]
         assert child.pty is not None
         assert child.pty.size == (24, 80)
+        assert child.pty.echo is True
         child.pty.resize(50, 132)
         assert child.pty.size == (50, 132)
         found = await aioproc.expect(child.stdout, rb"size (\d+)x(\d+)", timeout=30)  # type: ignore[arg-type]
@@ -282,6 +283,8 @@ async def test_a_dev_tty_password_prompt_answered_through_expect() -> None:
     )
     async with aioproc.open_process(py(code), pty=True) as child:
         await aioproc.expect(child.stdout, b"Password: ", timeout=30)  # type: ignore[arg-type]
+        assert child.pty is not None
+        assert child.pty.echo is False  # getpass turned it off before its prompt
         await child.stdin.send(b"s3cret\n")  # type: ignore[union-attr]
         found = await aioproc.expect(child.stdout, [b"welcome", b"denied"], timeout=30)  # type: ignore[arg-type]
         assert found.index == 0

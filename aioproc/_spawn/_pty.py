@@ -228,6 +228,15 @@ class Terminal:
         rows, cols = termios.tcgetwinsize(self._fd())
         return rows, cols
 
+    @property
+    def echo(self) -> bool:
+        """Whether the terminal echoes input now: ``False`` while a password is read.
+
+        Programs that read a password (getpass, ssh, sudo) turn echo off first,
+        so this tells a password prompt from another (pexpect's ``waitnoecho``).
+        """
+        return bool(termios.tcgetattr(self._fd())[3] & termios.ECHO)
+
     def resize(self, rows: int, cols: int) -> None:
         """Set the window size (``TIOCSWINSZ``); the child's foreground group gets SIGWINCH."""
         _check_size(rows, cols)
