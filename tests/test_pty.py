@@ -303,6 +303,17 @@ async def test_leaving_normally_reaps_before_closing_the_master() -> None:
     assert child.returncode == 3
 
 
+async def test_closing_stdout_closes_the_terminal_and_hangs_up_the_child() -> None:
+    async with aioproc.open_process(["sh", "-c", "echo ready; exec sleep 60"], pty=True) as child:
+        await aioproc.expect(child.stdout, b"ready", timeout=30)  # type: ignore[arg-type]
+        await child.stdout.aclose()  # type: ignore[union-attr]
+        assert child.stdin.closed  # type: ignore[union-attr]
+        assert await child.wait() == -signal.SIGHUP
+        assert child.pty is not None
+        with pytest.raises(anyio.ClosedResourceError, match="the terminal was closed"):
+            child.pty.resize(30, 90)
+
+
 async def test_stop_types_eof_first() -> None:
     with pytest.raises(KeyError):
         async with aioproc.open_process(["cat"], pty=True, grace=30) as child:

@@ -292,8 +292,17 @@ class Terminal:
 
 
 class _Master(PtyReceiveStream):
+    """The process's ``stdout``: closing it closes the terminal, which hangs up the child."""
+
+    _typing: PtySendStream | None = None  # stdin, a dup of this fd
+
     def fileno_or_closed(self) -> int:
         return self._fd
+
+    def close(self) -> None:
+        super().close()
+        if self._typing is not None:
+            self._typing.close()  # our last fd of the master: the kernel hangs up
 
 
 class PtyProcess(NativeProcess):
@@ -348,7 +357,7 @@ class PtyProcess(NativeProcess):
             for stream in streams:
                 stream.close()
             raise
-        self._stdin = self._typing = stdin
+        self._stdin = self._typing = self._master._typing = stdin
         self._stdout = self._master
         self.pty = Terminal(self, name)
 
