@@ -332,6 +332,18 @@ async def test_stop_hangs_up_a_child_that_ignores_eof() -> None:
     assert child.returncode == -signal.SIGHUP
 
 
+async def test_the_hang_up_reaches_a_foreground_job_in_its_own_group() -> None:
+    # With job control (set -m) the shell runs its job in a group of its own, in the
+    # foreground; the shell ignores SIGHUP, its job does not, and the shell exits after it.
+    job = "import signal, time; signal.signal(signal.SIGHUP, signal.SIG_DFL); print('job', flush=True); time.sleep(60)"
+    script = f"set -m; trap '' HUP; {sys.executable} -c \"{job}\"; exit 0"
+    with pytest.raises(KeyError):
+        async with aioproc.open_process(["sh", "-c", script], pty=True, grace=0.2) as child:
+            await aioproc.expect(child.stdout, b"job", timeout=30)  # type: ignore[arg-type]
+            raise KeyError
+    assert child.returncode == 0  # not -SIGKILL: the job got the hang-up, then the shell left
+
+
 async def test_stop_kills_a_child_that_ignores_the_hang_up() -> None:
     script = "trap '' HUP; echo ready; exec sleep 60"
     with pytest.raises(KeyError):

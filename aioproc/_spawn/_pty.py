@@ -310,7 +310,8 @@ class PtyProcess(NativeProcess):
 
     Stopping (an error or cancellation leaving ``async with``, or ``stop()``):
     the EOF character, ``grace`` seconds, a hang-up (SIGHUP and SIGCONT to the
-    child's session, as the kernel sends when a terminal goes away), ``grace``
+    child's group and the terminal's foreground group, as the kernel sends when
+    a terminal goes away), ``grace``
     seconds, SIGKILL. The output is read and dropped meanwhile, so a child
     blocked writing to a full terminal can go on and exit. The child is reaped
     before the master is closed.
@@ -423,13 +424,25 @@ class PtyProcess(NativeProcess):
         with anyio.move_on_after(grace):
             await self._wait_dropping_output()
         if self.returncode is None:
-            self._signal(signal.SIGHUP, True)
-            self._signal(signal.SIGCONT, True)
+            self._hang_up()
             with anyio.move_on_after(grace):
                 await self._wait_dropping_output()
         if self.returncode is None:
             self._signal(signal.SIGKILL, True)
             await self._wait_for_exit()
+
+    def _hang_up(self) -> None:
+        """SIGHUP then SIGCONT to the child's group and the terminal's foreground group,
+        as the kernel sends them when a terminal goes away (the master stays open)."""
+        try:
+            foreground = os.tcgetpgrp(self._master._fd)
+        except OSError:
+            foreground = -1
+        for sig in (signal.SIGHUP, signal.SIGCONT):
+            self._signal(sig, True)
+            if foreground > 0 and foreground != self.pid:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(foreground, sig)
 
     async def _wait_dropping_output(self) -> None:
         """Wait for the exit while reading (and dropping) the output, when nobody else reads it."""
