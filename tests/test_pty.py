@@ -14,6 +14,7 @@ import random
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import anyio
 import anyio.lowlevel
@@ -24,12 +25,17 @@ import aioproc
 from .cancel_sweep import Sweep
 from .helpers import py
 
-# cwd= sends the spawn through Popen and TIOCSCTTY; without it, posix_spawn.
-SPAWN_PATHS = {"posix_spawn": {}, "popen": {"cwd": "/"}}
+# Three ways to spawn: os.posix_spawn; cwd= through glibc's posix_spawn by ctypes;
+# umask= (and user, group, pass_fds, die_with_parent) through Popen and TIOCSCTTY.
+SPAWN_PATHS: dict[str, dict[str, object]] = {
+    "posix_spawn": {},
+    "cwd": {"cwd": "/"},
+    "popen": {"umask": 0o022},
+}
 
 
 @pytest.fixture(params=list(SPAWN_PATHS), ids=list(SPAWN_PATHS))
-def spawn_path(request: pytest.FixtureRequest) -> dict[str, str]:
+def spawn_path(request: pytest.FixtureRequest) -> dict[str, object]:
     return SPAWN_PATHS[request.param]
 
 
@@ -59,7 +65,7 @@ async def session_of(**options: object) -> dict[str, object]:
     return seen
 
 
-async def test_the_child_is_a_terminal_session(spawn_path: dict[str, str]) -> None:
+async def test_the_child_is_a_terminal_session(spawn_path: dict[str, object]) -> None:
     seen = await session_of(**spawn_path)
     assert seen["isatty"] == [True, True, True]
     assert seen["pid"] == seen["pgid"] == seen["sid"] == seen["tcgetpgrp"]
@@ -68,7 +74,7 @@ async def test_the_child_is_a_terminal_session(spawn_path: dict[str, str]) -> No
     assert seen["term"] == "xterm-256color"
 
 
-async def test_size_and_term_options(spawn_path: dict[str, str]) -> None:
+async def test_size_and_term_options(spawn_path: dict[str, object]) -> None:
     seen = await session_of(pty=aioproc.Pty(rows=50, cols=132, term="vt100"), **spawn_path)
     assert seen["size"] == [132, 50]
     assert seen["term"] == "vt100"
@@ -166,7 +172,7 @@ async def test_stderr_pipe_keeps_stderr_apart() -> None:
     assert result.stderr == b"err False\n"
 
 
-async def test_stderr_devnull_and_stderr_inherited(spawn_path: dict[str, str]) -> None:
+async def test_stderr_devnull_and_stderr_inherited(spawn_path: dict[str, object]) -> None:
     code = "import sys; print('err', file=sys.stderr); print('out')"
     result = await aioproc.run_process(py(code), pty=True, stderr=subprocess.DEVNULL, **spawn_path)
     assert result.stdout == b"out\r\n"
@@ -199,7 +205,7 @@ async def test_the_child_never_sees_o_nonblock() -> None:
 # -- signals and control characters --------------------------------------------------------
 
 
-async def test_interrupt_gives_minus_sigint(spawn_path: dict[str, str]) -> None:
+async def test_interrupt_gives_minus_sigint(spawn_path: dict[str, object]) -> None:
     async with aioproc.open_process(
         ["sh", "-c", "echo ready; exec sleep 60"], pty=True, **spawn_path
     ) as child:
@@ -242,7 +248,7 @@ while True:
 """
 
 
-async def test_resize_sends_sigwinch_with_the_new_size(spawn_path: dict[str, str]) -> None:
+async def test_resize_sends_sigwinch_with_the_new_size(spawn_path: dict[str, object]) -> None:
     async with aioproc.open_process(py(SIGWINCH_CHILD), pty=True, **spawn_path) as child:
         await aioproc.expect(child.stdout, b"ready", timeout=30)  # type: ignore[arg-type]
         assert child.pty is not None
@@ -407,7 +413,9 @@ async def test_aclose_cancelled_stops_the_child() -> None:
 # -- bad input -------------------------------------------------------------------------------
 
 
-async def test_bad_pty_options() -> None:
+async def test_bad_pty_options(tmp_path: Path) -> None:
+    not_executable = tmp_path / "data"
+    not_executable.write_text("just data")
     with pytest.raises(
         TypeError, match=r"pty must be True, False or an aioproc\.Pty, not str: 'yes'"
     ):
@@ -432,8 +440,13 @@ async def test_bad_pty_options() -> None:
         await aioproc.run_process(["true"], pty=True, process_group=5)
     with pytest.raises(FileNotFoundError, match="no-such-program"):
         await aioproc.run_process(["no-such-program"], pty=True)
-    with pytest.raises(FileNotFoundError, match="no-such-program"):
-        await aioproc.run_process(["no-such-program"], pty=True, cwd="/")
+    for options in SPAWN_PATHS.values():
+        with pytest.raises(FileNotFoundError, match="no-such-program"):
+            await aioproc.run_process(["no-such-program"], pty=True, **options)  # type: ignore[arg-type]
+        with pytest.raises(FileNotFoundError, match="no-such-dir"):
+            await aioproc.run_process(["true"], pty=True, **{**options, "cwd": "/no-such-dir"})  # type: ignore[arg-type]
+        with pytest.raises(PermissionError, match="data"):
+            await aioproc.run_process([not_executable], pty=True, **options)  # type: ignore[arg-type]
 
 
 async def test_pty_needs_the_native_engine() -> None:
@@ -450,9 +463,17 @@ async def test_bad_resize() -> None:
             child.pty.resize(2.5, 80)  # type: ignore[arg-type]
 
 
-async def test_a_shell_command_runs_through_sh() -> None:
-    result = await aioproc.run_process("echo $((6 * 7))", pty=True)
+async def test_a_shell_command_runs_through_sh(spawn_path: dict[str, object]) -> None:
+    result = await aioproc.run_process("echo $((6 * 7))", pty=True, **spawn_path)  # type: ignore[arg-type]
     assert result.stdout == b"42\r\n"
+
+
+async def test_cwd_and_a_program_relative_to_it(tmp_path: Path) -> None:
+    script = tmp_path / "hello"
+    script.write_text("#!/bin/sh\necho hello from $(pwd)\n")
+    script.chmod(0o755)
+    result = await aioproc.run_process(["./hello"], pty=True, cwd=tmp_path)
+    assert result.stdout == f"hello from {tmp_path}\r\n".encode()
 
 
 @pytest.mark.parametrize("anyio_backend", ["asyncio"])
@@ -511,4 +532,4 @@ def test_a_loop_in_another_thread_spawns_on_both_paths() -> None:
     thread = threading.Thread(target=anyio.run, args=(main,))
     thread.start()
     thread.join()
-    assert results == [b"ok\r\n", b"ok\r\n"]
+    assert results == [b"ok\r\n"] * len(SPAWN_PATHS)
