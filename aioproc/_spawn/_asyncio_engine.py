@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 import anyio.lowlevel
 from anyio import BrokenResourceError, BusyResourceError, ClosedResourceError, EndOfStream
 
+from .. import _watcher
 from .._watcher import _pidfd
 from ._process import Process
 from ._streams import PipeReceiveStream, PipeSendStream
@@ -124,6 +125,8 @@ class AsyncioProcess(Process):
         self._transport = transport
         self._protocol = protocol
         self._pid = transport.get_pid()
+        self._on_uvloop = type(asyncio.get_running_loop()).__module__.startswith("uvloop")
+        self._lost_status: bool | None = None  # decided at the first 255 seen
         # Signals go through a pidfd where there is one, never through
         # transport.send_signal(): Popen.send_signal() polls first, and that poll
         # reaps an exited child behind the back of asyncio's watcher, which
@@ -150,7 +153,18 @@ class AsyncioProcess(Process):
 
     @property
     def returncode(self) -> int | None:
-        return self._transport.get_returncode()
+        returncode = self._transport.get_returncode()
+        if returncode == 255 and self._sigchld_ignored_at_exit():
+            # The kernel reaped the child, and asyncio reports the lost status as
+            # 255; the native engine, subprocess and trio report 0.
+            return 0
+        return returncode
+
+    def _sigchld_ignored_at_exit(self) -> bool:
+        # libuv (uvloop) installs its own SIGCHLD handler, and gets the true status.
+        if self._lost_status is None:
+            self._lost_status = not self._on_uvloop and _watcher.sigchld_ignored()
+        return self._lost_status
 
     @property
     def stdin(self) -> _WriterStream | None:
@@ -209,6 +223,12 @@ async def open_asyncio_process(
     options = dict(request.popen_kwargs)
     if type(loop).__module__.startswith("uvloop"):
         options = _uvloop_options(options)
+    elif _watcher.sigchld_ignored() and _asyncio_watches_by_pidfd():
+        raise RuntimeError(
+            "engine='asyncio' cannot start a child while SIGCHLD is ignored: asyncio's pidfd "
+            "child watcher fails, and leaks the pipes, when the kernel reaps the child before "
+            "it is watched; use the default engine"
+        )
     stdio: dict[str, Any] = {
         "stdin": request.stdin,
         "stdout": request.stdout,
@@ -250,6 +270,14 @@ async def open_asyncio_process(
         await process.stop()
         raise
     return process
+
+
+def _asyncio_watches_by_pidfd() -> bool:
+    """Whether asyncio's own child watcher is its pidfd one (3.12 on, where pidfd works)."""
+    from asyncio import unix_events
+
+    can_use_pidfd = getattr(unix_events, "can_use_pidfd", None)
+    return can_use_pidfd is not None and bool(can_use_pidfd())
 
 
 def _uvloop_options(options: dict[str, Any]) -> dict[str, Any]:
