@@ -9,17 +9,22 @@
 
 from __future__ import annotations
 
+import math
 import os
 import signal
 import subprocess
 import warnings
 from collections.abc import Iterator
+from functools import partial
 
+import anyio
+import anyio.abc
 import pytest
 
 import aioproc
+from aioproc import Process
 
-from .helpers import children_of_us
+from .helpers import children_of_us, pid_alive
 
 PIPE = subprocess.PIPE
 
@@ -144,3 +149,161 @@ async def test_a_stolen_child_reports_zero_with_one_warning(anyio_backend: objec
             assert process.returncode == 0
     lost = [w for w in caught if "reaped by someone else" in str(w.message)]
     assert len(lost) == 1, [str(w.message) for w in caught]
+
+
+# -- 1. TaskGroup.start(): the streams asked for by name are the caller's ----------
+
+
+async def test_under_start_the_streams_asked_for_are_the_callers(engine: str) -> None:
+    results: list[subprocess.CompletedProcess[bytes]] = []
+
+    async def run(*, task_status: anyio.abc.TaskStatus[Process]) -> None:
+        results.append(
+            await aioproc.run_process(
+                ["sh", "-c", "tr a-z A-Z; echo done >&2"],
+                stdin=PIPE,
+                stdout=PIPE,
+                check=False,
+                engine=engine,  # type: ignore[arg-type]
+                task_status=task_status,
+            )
+        )
+
+    async with anyio.create_task_group() as tg:
+        process = await tg.start(run)
+        assert process.stdin is not None
+        assert process.stdout is not None
+        await process.stdin.send(b"hello\n")
+        await process.stdin.aclose()
+    # The child has exited and run_process returned: the caller's pipe is still
+    # open, with nothing read from it behind the caller's back.
+    with anyio.fail_after(10):
+        assert await process.stdout.read_all() == b"HELLO\n"
+    assert not process.stdout.closed
+    await process.aclose()
+    assert process.stdout.closed
+    (result,) = results
+    assert result.returncode == 0
+    assert result.stdout is None  # the caller's
+    assert result.stderr == b"done\n"  # not asked for by name: captured
+
+
+async def test_under_start_the_caller_reads_as_the_child_writes(engine: str) -> None:
+    async with anyio.create_task_group() as tg:
+        process = await tg.start(
+            partial(
+                aioproc.run_process,
+                ["cat"],
+                stdin=PIPE,
+                stdout=PIPE,
+                engine=engine,  # type: ignore[arg-type]
+            )
+        )
+        assert process.stdin is not None
+        assert process.stdout is not None
+        with anyio.fail_after(10):
+            await process.stdin.send(b"hello\n")
+            assert await process.stdout.receive() == b"hello\n"
+            await process.stdin.aclose()
+            assert await process.stdout.read_all() == b""
+    await process.aclose()
+    assert process.returncode == 0
+
+
+async def test_under_start_stderr_asked_for_is_the_callers_and_input_still_fed(
+    engine: str,
+) -> None:
+    results: list[subprocess.CompletedProcess[bytes]] = []
+
+    async def run(*, task_status: anyio.abc.TaskStatus[Process]) -> None:
+        results.append(
+            await aioproc.run_process(
+                ["sh", "-c", "cat; echo oops >&2"],
+                input=b"fed",
+                stderr=PIPE,
+                engine=engine,  # type: ignore[arg-type]
+                task_status=task_status,
+            )
+        )
+
+    async with anyio.create_task_group() as tg:
+        process = await tg.start(run)
+        assert process.stderr is not None
+        with anyio.fail_after(10):
+            assert await process.stderr.read_all() == b"oops\n"
+    await process.aclose()
+    (result,) = results
+    assert result.stdout == b"fed"
+    assert result.stderr is None
+
+
+async def test_under_start_the_callers_streams_close_when_it_is_cancelled(engine: str) -> None:
+    async with anyio.create_task_group() as tg:
+        process = await tg.start(
+            partial(aioproc.run_process, ["sleep", "60"], stdout=PIPE, engine=engine)  # type: ignore[arg-type]
+        )
+        assert pid_alive(process.pid)
+        tg.cancel_scope.cancel()
+    assert process.returncode == -signal.SIGTERM
+    assert process.stdout is not None
+    assert process.stdout.closed
+    assert process.pid not in children_of_us()
+
+
+async def test_without_start_stdout_pipe_by_name_is_captured_as_before(engine: str) -> None:
+    result = await aioproc.run_process(["echo", "hi"], stdout=PIPE, stderr=PIPE, engine=engine)  # type: ignore[arg-type]
+    assert result.stdout == b"hi\n"
+    assert result.stderr == b""
+
+
+# -- 2. stdin=PIPE awaited directly -------------------------------------------------
+
+
+@pytest.mark.parametrize("stdin", [PIPE, -1], ids=["PIPE", "minus-one"])
+async def test_stdin_pipe_without_start_is_refused_before_a_spawn(engine: str, stdin: int) -> None:
+    with anyio.fail_after(10), pytest.raises(ValueError, match=r"stdin=PIPE is only valid with"):
+        await aioproc.run_process(["cat"], stdin=stdin, engine=engine)  # type: ignore[arg-type]
+    assert not children_of_us()
+
+
+# -- 5. and 6. timeout ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("seconds", [0, 0.0, -1, -math.inf], ids=str)
+async def test_a_timeout_already_over_raises_timeout_expired(engine: str, seconds: float) -> None:
+    with pytest.raises(subprocess.TimeoutExpired) as caught:
+        await aioproc.run_process(["sleep", "60"], timeout=seconds, engine=engine)  # type: ignore[arg-type]
+    assert caught.value.timeout == seconds
+    assert caught.value.cmd == ["sleep", "60"]
+    assert not children_of_us()
+
+
+async def test_a_deadline_passing_during_the_spawn_raises_timeout_expired(engine: str) -> None:
+    for timeout in (1e-9, 1e-6, 1e-4, 1e-3, 3e-3, 1e-2) * 3:
+        with pytest.raises(subprocess.TimeoutExpired) as caught:
+            await aioproc.run_process(["sleep", "60"], timeout=timeout, grace=0, engine=engine)  # type: ignore[arg-type]
+        assert caught.value.timeout == timeout
+        assert not children_of_us()
+
+
+async def test_an_infinite_timeout_waits_as_none_does(engine: str) -> None:
+    result = await aioproc.run_process(["echo", "hi"], timeout=math.inf, engine=engine)  # type: ignore[arg-type]
+    assert result.stdout == b"hi\n"
+
+
+@pytest.mark.parametrize(
+    ("seconds", "error", "named"),
+    [
+        (math.nan, ValueError, "nan"),
+        (True, TypeError, "bool: True"),
+        ("5", TypeError, "str: '5'"),
+        (b"5", TypeError, "bytes: b'5'"),
+    ],
+    ids=["nan", "bool", "str", "bytes"],
+)
+async def test_a_timeout_that_is_not_a_number_is_refused(
+    engine: str, seconds: object, error: type[Exception], named: str
+) -> None:
+    with pytest.raises(error, match=f"timeout must be a number of seconds or None, not {named}"):
+        await aioproc.run_process(["true"], timeout=seconds, engine=engine)  # type: ignore[arg-type]
+    assert not children_of_us()

@@ -49,11 +49,17 @@ class _Protocol(asyncio.subprocess.SubprocessStreamProtocol):
 
 
 class _ReaderStream(PipeReceiveStream):
-    def __init__(self, reader: asyncio.StreamReader, transport: asyncio.BaseTransport) -> None:
+    def __init__(
+        self,
+        reader: asyncio.StreamReader,
+        transport: asyncio.BaseTransport,
+        on_close: Callable[[], None],
+    ) -> None:
         super().__init__()
         self._reader = reader
         self._transport = transport
         self._closed = False
+        self._on_close = on_close
 
     async def _receive(self, max_bytes: int) -> bytes:
         if self._closed:
@@ -81,12 +87,14 @@ class _ReaderStream(PipeReceiveStream):
             # Wake a task blocked in read(): with the transport gone, nothing would.
             # (Not feed_eof(): uvloop may still deliver data read before the close.)
             self._reader.set_exception(ClosedResourceError())
+            self._on_close()
 
 
 class _WriterStream(PipeSendStream):
-    def __init__(self, writer: asyncio.StreamWriter) -> None:
+    def __init__(self, writer: asyncio.StreamWriter, on_close: Callable[[], None]) -> None:
         self._writer = writer
         self._closed = False
+        self._on_close = on_close
 
     async def send(self, item: bytes) -> None:
         if self._closed:
@@ -108,6 +116,7 @@ class _WriterStream(PipeSendStream):
         if not self._closed:
             self._closed = True
             self._writer.close()
+            self._on_close()
 
 
 class AsyncioProcess(Process):
@@ -143,9 +152,16 @@ class AsyncioProcess(Process):
             assert pipe_transport is not None
             return pipe_transport
 
-        self._stdin = None if protocol.stdin is None else _WriterStream(protocol.stdin)
-        self._stdout = None if protocol.stdout is None else _ReaderStream(protocol.stdout, pipe(1))
-        self._stderr = None if protocol.stderr is None else _ReaderStream(protocol.stderr, pipe(2))
+        # A pipe left to the caller (run_process under start()) holds off the release.
+        self._release_pending = False
+        on_close = self._stream_closed
+        self._stdin = None if protocol.stdin is None else _WriterStream(protocol.stdin, on_close)
+        self._stdout = (
+            None if protocol.stdout is None else _ReaderStream(protocol.stdout, pipe(1), on_close)
+        )
+        self._stderr = (
+            None if protocol.stderr is None else _ReaderStream(protocol.stderr, pipe(2), on_close)
+        )
 
     @property
     def pid(self) -> int:
@@ -195,8 +211,19 @@ class AsyncioProcess(Process):
             pass
 
     def _release(self) -> None:
+        streams = (self._stdin, self._stdout, self._stderr)
+        if any(stream is not None and not stream.closed for stream in streams):
+            # The transport owns the pipes: closing it would close the caller's
+            # too. The last of them to close releases it (_stream_closed).
+            self._release_pending = True
+            return
+        self._release_pending = False
         self._transport.close()
         self._close_pidfd()
+
+    def _stream_closed(self) -> None:
+        if self._release_pending:
+            self._release()
 
     def _close_pidfd(self) -> None:
         if self._pidfd is not None and self._pidfd >= 0:
