@@ -24,7 +24,7 @@ import pytest
 import aioproc
 from aioproc import Process
 
-from .helpers import children_of_us, pid_alive
+from .helpers import children_of_us, pid_alive, py
 
 PIPE = subprocess.PIPE
 
@@ -306,4 +306,90 @@ async def test_a_timeout_that_is_not_a_number_is_refused(
 ) -> None:
     with pytest.raises(error, match=f"timeout must be a number of seconds or None, not {named}"):
         await aioproc.run_process(["true"], timeout=seconds, engine=engine)  # type: ignore[arg-type]
+    assert not children_of_us()
+
+
+# -- 4. a deliver_cancel that raises -----------------------------------------------
+
+
+class Boom(BaseException):
+    """Not an Exception: it must not stop the cleanup either."""
+
+
+@pytest.mark.usefixtures("errors_from_warnings")
+async def test_a_failing_deliver_cancel_under_start_kills_then_raises(engine: str) -> None:
+    async def bad(process: Process) -> None:
+        raise ValueError("foo")
+
+    with pytest.raises(ExceptionGroup) as caught:
+        async with anyio.create_task_group() as tg:
+            process = await tg.start(
+                partial(
+                    aioproc.run_process,
+                    ["sleep", "30"],
+                    stdout=None,
+                    stderr=None,
+                    deliver_cancel=bad,
+                    engine=engine,  # type: ignore[arg-type]
+                )
+            )
+            tg.cancel_scope.cancel()
+    # anyio's task group wraps what its task raised; the error itself is not wrapped.
+    assert [type(exc) for exc in caught.value.exceptions] == [ValueError]
+    assert str(caught.value.exceptions[0]) == "foo"
+    assert process.returncode == -signal.SIGKILL
+    assert process.pid not in children_of_us()
+
+
+@pytest.mark.usefixtures("errors_from_warnings")
+@pytest.mark.parametrize("error", [ValueError("foo"), Boom("boom")], ids=["Exception", "Base"])
+async def test_a_failing_deliver_cancel_raises_alone_after_the_kill(
+    engine: str, error: BaseException
+) -> None:
+    async def bad(process: Process) -> None:
+        raise error
+
+    with pytest.raises(type(error)) as caught, anyio.move_on_after(0.2):
+        async with aioproc.open_process(
+            ["sleep", "30"],
+            process_group=0,
+            deliver_cancel=bad,
+            engine=engine,  # type: ignore[arg-type]
+        ) as process:
+            await process.wait()
+    assert caught.value is error
+    assert isinstance(caught.value.__context__, anyio.get_cancelled_exc_class())
+    assert process.returncode == -signal.SIGKILL
+    assert process.stdout is not None
+    assert process.stdout.closed
+    assert process.pid not in children_of_us()
+
+
+@pytest.mark.usefixtures("errors_from_warnings")
+async def test_deliver_cancel_failing_after_the_child_exited_still_raises(engine: str) -> None:
+    async def kill_then_fail(process: Process) -> None:
+        process.kill()
+        await process.wait()
+        raise ValueError("after the exit")
+
+    with pytest.raises(ValueError, match="after the exit"), anyio.move_on_after(0.2):
+        await aioproc.run_process(["sleep", "30"], deliver_cancel=kill_then_fail, engine=engine)  # type: ignore[arg-type]
+    assert not children_of_us()
+
+
+@pytest.mark.usefixtures("errors_from_warnings")
+async def test_a_failing_deliver_cancel_on_timeout_kills_and_raises(engine: str) -> None:
+    async def bad(process: Process) -> None:
+        process.terminate()
+        await anyio.sleep(0)
+        raise ValueError("half done")
+
+    code = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(30)"
+    with pytest.raises(ValueError, match="half done"):
+        await aioproc.run_process(
+            py(code),
+            timeout=0.3,
+            deliver_cancel=bad,
+            engine=engine,  # type: ignore[arg-type]
+        )
     assert not children_of_us()
