@@ -369,7 +369,10 @@ async def test_a_failing_deliver_cancel_raises_alone_after_the_kill(
 async def test_deliver_cancel_failing_after_the_child_exited_still_raises(engine: str) -> None:
     async def kill_then_fail(process: Process) -> None:
         process.kill()
-        await process.wait()
+        # Shielded, so that the cancellation of the hook at the child's exit
+        # cannot come first: the error is raised once the child is gone.
+        with anyio.CancelScope(shield=True):
+            await process.wait()
         raise ValueError("after the exit")
 
     with pytest.raises(ValueError, match="after the exit"), anyio.move_on_after(0.2):
