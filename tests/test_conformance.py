@@ -188,6 +188,30 @@ async def test_under_start_the_streams_asked_for_are_the_callers(engine: str) ->
     assert result.stderr == b"done\n"  # not asked for by name: captured
 
 
+async def test_under_start_closing_the_callers_streams_frees_everything(engine: str) -> None:
+    # No aclose(): closing the last pipe the caller holds lets the rest go (with
+    # engine="asyncio", the transport). The leak check of every test sees the rest.
+    async with anyio.create_task_group() as tg:
+        process = await tg.start(
+            partial(
+                aioproc.run_process,
+                ["sh", "-c", "echo out; echo err >&2"],
+                stdout=PIPE,
+                stderr=PIPE,
+                engine=engine,  # type: ignore[arg-type]
+            )
+        )
+    assert process.stdout is not None
+    assert process.stderr is not None
+    with anyio.fail_after(10):
+        async with process.stdout, process.stderr:
+            assert await process.stdout.read_all() == b"out\n"
+            assert await process.stderr.read_all() == b"err\n"
+    assert process.returncode == 0
+    if engine == "asyncio":
+        assert process._transport.is_closing()  # type: ignore[attr-defined]
+
+
 async def test_under_start_the_caller_reads_as_the_child_writes(engine: str) -> None:
     async with anyio.create_task_group() as tg:
         process = await tg.start(
