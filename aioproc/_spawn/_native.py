@@ -103,9 +103,11 @@ class NativeProcess(Process):
 
     def _collect_status(self) -> None:
         """The child has exited: learn its status, and let it go unless it anchors a group."""
-        self._child.wait_status()
-        if not self._child.anchors_group:
-            self._release()
+        try:
+            self._child.wait_status()
+        finally:  # a warning raised as an error comes after the status is stored
+            if not self._child.anchors_group and self._child.returncode is not None:
+                self._release()
 
     async def _communicate(
         self, input: bytes | bytearray | memoryview | None, *, feed_stdin: bool
@@ -204,7 +206,9 @@ class NativeProcess(Process):
         try:
             await self._wait_for_exit()
         except Exception as exc:  # not into the loop: trio would take it for its own bug
-            warnings.warn(f"failed to wait for {self!r}: {exc!r}", RuntimeWarning, stacklevel=1)
+            self._reap_without_loop()  # the cleanup first: the warning may be raised as an error
+            with contextlib.suppress(Warning):
+                warnings.warn(f"failed to wait for {self!r}: {exc!r}", RuntimeWarning, stacklevel=1)
 
     def _reap_without_loop(self) -> None:
         # The child is in os._exit(), so its exit is a moment away: wait for it
@@ -212,12 +216,17 @@ class NativeProcess(Process):
         # and past it leave the child to the orphan list rather than hang. Once
         # the child is reaped and released, this does nothing.
         child = self._child
-        if child.poll() is None:
-            with contextlib.suppress(OSError, RuntimeError), selectors.DefaultSelector() as exits:
-                exits.register(child.exit_fd, selectors.EVENT_READ)
-                exits.select(_EXIT_WAIT_WITHOUT_LOOP)
-            child.poll()
-        self._release()
+        try:
+            if child.poll() is None:
+                with (
+                    contextlib.suppress(OSError, RuntimeError),
+                    selectors.DefaultSelector() as exits,
+                ):
+                    exits.register(child.exit_fd, selectors.EVENT_READ)
+                    exits.select(_EXIT_WAIT_WITHOUT_LOOP)
+                child.poll()
+        finally:
+            self._release()
 
     def _release(self) -> None:
         self._exit_watch.close()

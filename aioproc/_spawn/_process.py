@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import math
 import signal
-import warnings
 from abc import ABC, abstractmethod
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
@@ -212,20 +211,27 @@ class Process(anyio.abc.Process):
         child leads one), wait ``grace`` seconds (default: the ``grace`` given to
         ``open_process``), then send SIGKILL. Once the child is gone, whatever is
         left in its process group gets SIGKILL too.
+
+        If ``deliver_cancel`` raises, the child gets SIGKILL at once; once it is
+        reaped and its pipes closed, the exception is raised from here as it is,
+        not wrapped (what led to the stop, if anything, is its ``__context__``).
         """
         grace = self._grace if grace is None else check_grace(grace)
         with CancelScope(shield=True):
             if self.stdin is not None:
                 await self.stdin.aclose()
+            failure = None
             if self.returncode is None:
                 if self._deliver_cancel is None:
                     await self._terminate_then_kill(grace)
                 else:
-                    await self._run_deliver_cancel(self._deliver_cancel)
+                    failure = await self._run_deliver_cancel(self._deliver_cancel)
             if self._leads_group:
                 self._signal(signal.SIGKILL, True)
             self._close_streams()
             self._release()
+        if failure is not None:
+            raise failure
 
     async def __aexit__(
         self,
@@ -251,24 +257,29 @@ class Process(anyio.abc.Process):
 
     async def _run_deliver_cancel(
         self, deliver_cancel: Callable[[Process], Awaitable[object]]
-    ) -> None:
-        # As in trio's run_process: the hook runs while we wait for the exit, and
-        # is cancelled once the child is gone. If it fails, the child is killed.
+    ) -> BaseException | None:
+        """Run the hook while waiting for the exit, as trio's ``run_process`` does, and
+        cancel it once the child is gone. If it fails, the child is killed at once and
+        the error returned, for :meth:`stop` to raise once the child is reaped."""
+        cancelled = anyio.get_cancelled_exc_class()
+        exited = False
+        failures: list[BaseException] = []
+
         async def deliver() -> None:
             try:
                 await deliver_cancel(self)
-            except Exception as exc:
-                warnings.warn(
-                    f"deliver_cancel failed on {self!r} ({exc!r}); killing it instead",
-                    RuntimeWarning,
-                    stacklevel=1,
-                )
+            except BaseException as exc:
+                if exited and isinstance(exc, cancelled):
+                    raise  # ours: the child is gone
+                failures.append(exc)
                 self._signal(signal.SIGKILL, self._leads_group)
 
         async with create_task_group() as tg:
             tg.start_soon(deliver)
             await self._wait_for_exit()
+            exited = True
             tg.cancel_scope.cancel()
+        return failures[0] if failures else None
 
     def _close_streams(self) -> None:
         for stream in (self.stdin, self.stdout, self.stderr):
