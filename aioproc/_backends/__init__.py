@@ -14,6 +14,7 @@ import asyncio
 import sys
 from typing import TYPE_CHECKING, Any, Protocol
 
+from .._watcher import _dropped, release_dropped
 from ._asyncio import AsyncioBackend, _system_tasks, finish_abandoned_tasks
 
 if TYPE_CHECKING:
@@ -73,10 +74,13 @@ def current_backend() -> Backend:
     Trio is checked first because trio in guest mode runs on top of an asyncio
     loop, and there the task belongs to trio. Every call into aioproc comes
     here first, so this is also where the system tasks of asyncio loops closed
-    without cancelling them are finished.
+    without cancelling them are finished, and a safe point where the children
+    of finalized processes are released (``_watcher.release_later``).
     """
     if _system_tasks:
         finish_abandoned_tasks()
+    if _dropped:
+        release_dropped()
     trio = sys.modules.get("trio")
     if trio is not None and trio.lowlevel.in_trio_task():
         from ._trio import TrioBackend

@@ -224,24 +224,27 @@ class NativeProcess(Process):
         self._child.release()
 
     def __del__(self) -> None:
-        # Dropped without aclose(): free what we hold without touching an event
-        # loop (it may be closed by now). A child still running joins the orphan
-        # list and is reaped later, so it cannot stay a zombie.
+        # Dropped without aclose(). A finalizer may run inside any call, even one
+        # holding the watcher's locks, so it takes none: the child is handed to the
+        # next safe point, which reaps it (or, still running, orphans it), and
+        # returncode is read as it is, not polled. The warning comes after that.
         child = getattr(self, "_child", None)
         if child is None:
             return
-        running = child.poll() is None
+        _watcher.release_later(child)
+        running = child.returncode is None
         streams = (self._stdin, self._stdout, self._stderr)
         open_pipes = [s for s in streams if s is not None and s._fd >= 0]
         if running or open_pipes:
+            # Not repr(self): its returncode polls, under the child's lock.
+            name = f"<{type(self).__name__} pid={child.pid} returncode={child.returncode} ..>"
             warnings.warn(
-                f"{self!r} was dropped while {'running' if running else 'its pipes were open'}; "
+                f"{name} was dropped while {'running' if running else 'its pipes were open'}; "
                 "use 'async with' or 'await process.aclose()'",
                 ResourceWarning,
                 stacklevel=1,
                 source=self,
             )
-        child.release()
 
 
 def drain(fd: int, chunks: list[bytes]) -> bool:

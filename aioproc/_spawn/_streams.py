@@ -57,8 +57,11 @@ _LARGE_PIPE = 1 << 20
 _MAX_LARGE_PIPES = 16
 _F_SETPIPE_SZ: int | None = getattr(fcntl, "F_SETPIPE_SZ", None)  # Linux only
 
-_large_pipes = 0  # pipes enlarged by our streams and still open
-_large_pipes_lock = threading.RLock()  # re-entered if __del__ runs inside
+# The id() of each open stream that enlarged its pipe. The lock orders the
+# check-then-add between threads; giving a pipe back is a bare set.discard
+# (atomic), so that __del__, which may run inside any call, takes no lock.
+_large_pipes: set[int] = set()
+_large_pipes_lock = threading.Lock()
 
 _held: weakref.WeakSet[_FdOwner] = weakref.WeakSet()
 
@@ -223,26 +226,24 @@ class _FdOwner:
             os.close(fd)
 
     def __del__(self) -> None:
-        # No event loop may be running now: close the fd alone. Process.__del__
-        # is the one that warns about resources left open.
+        # No event loop may be running now, and this may run inside any call:
+        # close the fd alone, taking no lock. Process.__del__ is the one that
+        # warns about resources left open.
         if getattr(self, "_fd", -1) >= 0:
             self._forget_large_pipe()
             os.close(self._fd)
 
     def _enlarge(self) -> None:
-        global _large_pipes
         with _large_pipes_lock:
-            if _large_pipes >= _MAX_LARGE_PIPES or not enlarge_pipe(self._fd):
+            if len(_large_pipes) >= _MAX_LARGE_PIPES or not enlarge_pipe(self._fd):
                 return
-            _large_pipes += 1
+            _large_pipes.add(id(self))
         self._large = True
 
     def _forget_large_pipe(self) -> None:
-        global _large_pipes
         if self._large:
             self._large = False
-            with _large_pipes_lock:
-                _large_pipes -= 1
+            _large_pipes.discard(id(self))
 
 
 class FdReceiveStream(_FdOwner, PipeReceiveStream):
@@ -364,8 +365,9 @@ def _close_after_fork() -> None:
     The stream objects are marked closed too, so that nothing in the child can
     close their fd numbers later, once those may belong to something else.
     """
-    global _large_pipes, _large_pipes_lock
-    _large_pipes, _large_pipes_lock = 0, threading.RLock()
+    global _large_pipes_lock
+    _large_pipes.clear()
+    _large_pipes_lock = threading.Lock()
     for stream in list(_held):
         fd, stream._fd = stream._fd, -1
         stream._large = False
