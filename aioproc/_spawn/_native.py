@@ -29,6 +29,7 @@ if TYPE_CHECKING:
 __all__ = ["NativeProcess", "drain"]
 
 _EXIT_WAIT_WITHOUT_LOOP = 1.0  # seconds
+_DRAIN_PER_ROUND = 1 << 20  # bytes read from one pipe before the loop gets a turn
 
 
 class NativeProcess(Process):
@@ -57,6 +58,7 @@ class NativeProcess(Process):
         self._exit_watch = backend.watch(self._child.exit_fd)
         self._watching = False  # a task is waiting on the exit fd
         self._watch_ended: anyio.Event | None = None  # what the other waiters wait on
+        self._on_release: Callable[[], None] | None = None  # set by a waiting communicate()
 
     @property
     def pid(self) -> int:
@@ -112,11 +114,16 @@ class NativeProcess(Process):
     ) -> tuple[bytes | None, bytes | None]:
         """Here every pipe and the exit fd go into one selector (epoll, kqueue),
         and the event loop waits on the selector's own fd: one task and one wait
-        per round, where a task per pipe would cost a task switch each."""
-        self._check_communicate(input)
+        per round, where a task per pipe would cost a task switch each.
+
+        The kernel drops a closed fd from the selector without a word, so
+        whoever closes one tells us: a stream closed by another task closes the
+        selector's watch, which wakes this with ``ClosedResourceError``; the
+        child released by another task (after its exit) takes its exit fd out."""
+        pending = self._pending_input(input) if feed_stdin else None
         stdin = self._stdin if feed_stdin else None
         if stdin is not None and stdin.closed:
-            stdin = None  # already closed, and no input (checked above): as good as done
+            stdin = None  # already closed, and no input left (checked above): as good as done
         stdout, stderr = self._stdout, self._stderr
         streams: list[FdSendStream | FdReceiveStream] = [
             stream for stream in (stdin, stdout, stderr) if stream is not None
@@ -132,12 +139,14 @@ class NativeProcess(Process):
         try:
             for stream in streams:
                 stream._busy = True
+                stream.wakes_on_close = watch
                 if stream._blocking:
                     stream._make_nonblocking()
             if stdin is not None:
-                if input:
+                if pending is not None and pending.rest:
                     selector.register(stdin._fd, selectors.EVENT_WRITE, stdin)
                 else:
+                    stdin.wakes_on_close = None
                     stdin.close()
             for reader in (stdout, stderr):
                 if reader is not None:
@@ -148,7 +157,16 @@ class NativeProcess(Process):
             if self._child.returncode is None:
                 exit_fd = self._child.exit_fd
                 selector.register(exit_fd, selectors.EVENT_READ)
-            pending = memoryview(input or b"").cast("B")
+
+                def forget_exit() -> None:
+                    # Released by another task (it waited, so the child is gone):
+                    # the pidfd is about to close, which epoll would not report.
+                    with contextlib.suppress(KeyError):
+                        selector.unregister(exit_fd)
+                    if not selector.get_map():
+                        watch.close()
+
+                self._on_release = forget_exit
             while True:
                 for key, _ in selector.select(0):
                     stream = key.data
@@ -157,14 +175,16 @@ class NativeProcess(Process):
                     elif isinstance(stream, FdReceiveStream):
                         chunks = received[stream]
                         start = len(chunks)
-                        at_eof = drain(stream._fd, chunks)
+                        at_eof = drain(stream._fd, chunks, _DRAIN_PER_ROUND)
                         stream.count_received(sum(map(len, chunks[start:])))
                         if at_eof:
                             selector.unregister(key.fd)
                     else:
-                        pending = _fill(stream._fd, pending)
-                        if not pending:
+                        assert pending is not None
+                        pending.rest = _fill(stream._fd, pending.rest)
+                        if not pending.rest:
                             selector.unregister(key.fd)
+                            stream.wakes_on_close = None
                             stream.close()
                 registered = selector.get_map()
                 if not registered:
@@ -174,16 +194,23 @@ class NativeProcess(Process):
                 only_exit_left = len(registered) == 1 and exit_fd in registered
                 if only_exit_left and self._child.poll() is not None:
                     break
-                await watch.wait_readable()
+                try:
+                    await watch.wait_readable()
+                except anyio.ClosedResourceError:
+                    if selector.get_map():
+                        raise  # a stream was closed under us: anyio's rule
+                    break  # the child was released after its exit, and all was read
         except BaseException:
             for reader, chunks in received.items():
                 reader._pending[0:0] = b"".join(chunks)
             raise
         finally:
+            self._on_release = None
             watch.close()
             selector.close()
             for stream in streams:
                 stream._busy = False
+                stream.wakes_on_close = None
         if self._child.returncode is None:
             self._collect_status()
         output = b"".join(received[stdout]) if stdout is not None else None
@@ -221,6 +248,9 @@ class NativeProcess(Process):
 
     def _release(self) -> None:
         self._exit_watch.close()
+        on_release, self._on_release = self._on_release, None
+        if on_release is not None:
+            on_release()
         self._child.release()
 
     def __del__(self) -> None:
@@ -247,9 +277,13 @@ class NativeProcess(Process):
             )
 
 
-def drain(fd: int, chunks: list[bytes]) -> bool:
-    """Read what ``fd`` has; return whether it reached EOF."""
-    while True:
+def drain(fd: int, chunks: list[bytes], limit: int = -1) -> bool:
+    """Read what ``fd`` has (at most ``limit`` bytes, if >= 0); return whether it reached EOF.
+
+    A writer as fast as we read never lets the pipe run dry: the limit is what
+    lets the event loop run between rounds.
+    """
+    while limit:
         try:
             data = os.read(fd, _CHUNK)
         except BlockingIOError:
@@ -257,6 +291,8 @@ def drain(fd: int, chunks: list[bytes]) -> bool:
         if not data:
             return True
         chunks.append(data)
+        limit = max(limit - len(data), 0) if limit > 0 else -1
+    return False
 
 
 def _fill(fd: int, data: memoryview) -> memoryview:

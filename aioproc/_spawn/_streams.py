@@ -40,11 +40,12 @@ from anyio.abc import ByteReceiveStream, ByteSendStream
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
 
-    from .._backends import Backend
+    from .._backends import Backend, FdWatch
 
 __all__ = [
     "FdReceiveStream",
     "FdSendStream",
+    "PendingInput",
     "PipeReceiveStream",
     "PipeSendStream",
     "enlarge_pipe",
@@ -81,6 +82,8 @@ class PipeReceiveStream(ByteReceiveStream):
     async def receive(self, max_bytes: int = _CHUNK) -> bytes:
         if max_bytes < 1:
             raise ValueError(f"max_bytes must be a positive integer, not {max_bytes!r}")
+        if self.closed:  # bytes read ahead go with the stream: anyio's rule
+            raise ClosedResourceError
         if self._pending:
             chunk = bytes(self._pending[:max_bytes])
             del self._pending[:max_bytes]
@@ -119,6 +122,8 @@ class PipeReceiveStream(ByteReceiveStream):
 
         If cancelled, what was read so far is kept for the next read.
         """
+        if self.closed:
+            raise ClosedResourceError
         chunks = [bytes(self._pending)]
         self._pending.clear()
         try:
@@ -131,6 +136,8 @@ class PipeReceiveStream(ByteReceiveStream):
             raise
 
     async def _readline(self) -> bytes:
+        if self.closed:
+            raise ClosedResourceError
         pending = self._pending
         searched = 0
         while True:
@@ -166,8 +173,32 @@ class _Lines:
         return line
 
 
+class PendingInput:
+    """The input given to ``communicate()``, and the part of it not yet written.
+
+    A cancelled ``communicate()`` leaves it on the process, and the next call
+    writes ``rest``, as ``Popen.communicate()`` does, rather than start over.
+    """
+
+    __slots__ = ("given", "rest")
+
+    def __init__(self, given: bytes | bytearray | memoryview) -> None:
+        self.given = memoryview(given).cast("B")
+        self.rest = self.given
+
+    def same(self, other: bytes | bytearray | memoryview) -> bool:
+        """Whether ``other`` is the input given first (a retry passing it again)."""
+        return other is self.given.obj or memoryview(other).cast("B") == self.given
+
+
 class PipeSendStream(ByteSendStream):
     """The sending end of a pipe to a child (its stdin); closing it sends EOF."""
+
+    async def _send_pending(self, pending: PendingInput) -> None:
+        """Send ``pending.rest``, moving it on as bytes are taken, so a cancelled
+        call can be resumed. This fallback counts bytes only once all went."""
+        await self.send(bytes(pending.rest))
+        pending.rest = pending.rest[:0]
 
     @property
     @abstractmethod
@@ -199,6 +230,9 @@ class _FdOwner:
         self._busy = False
         self._streak = 0
         self._large = False  # this pipe was enlarged, and counts in _large_pipes
+        # Closed, the stream wakes this too: the watch of a selector that a
+        # communicate() waits on, where the fd is registered (see _native).
+        self.wakes_on_close: FdWatch | None = None
         _held.add(self)
 
     def __repr__(self) -> str:
@@ -220,6 +254,9 @@ class _FdOwner:
     def close(self) -> None:
         if self._fd >= 0:
             self._watch.close()
+            if self.wakes_on_close is not None:
+                self.wakes_on_close.close()
+                self.wakes_on_close = None
             fd, self._fd = self._fd, -1
             _held.discard(self)
             self._forget_large_pipe()
@@ -305,6 +342,29 @@ class FdSendStream(_FdOwner, PipeSendStream):
         the reader see a truncated message and the end of the stream instead.
         """
         await self._send(item, whole=True)
+
+    async def _send_pending(self, pending: PendingInput) -> None:
+        if self._busy:
+            raise BusyResourceError("writing to")
+        self._busy = True
+        try:
+            while pending.rest:
+                if self._fd < 0:
+                    raise ClosedResourceError
+                if self._blocking:
+                    self._make_nonblocking()
+                try:
+                    written = os.write(self._fd, pending.rest)
+                except BlockingIOError:
+                    await self._watch.wait_writable()
+                    continue
+                except BrokenPipeError as exc:
+                    raise BrokenResourceError("the child closed its end of the pipe") from exc
+                except OSError as exc:
+                    raise BrokenResourceError(f"writing to the pipe failed: {exc}") from exc
+                pending.rest = pending.rest[written:]
+        finally:
+            self._busy = False
 
     async def _send(self, item: bytes | memoryview, whole: bool) -> None:
         if self._busy:
