@@ -152,13 +152,20 @@ class Process(anyio.abc.Process):
         async def read_stderr(stream: PipeReceiveStream) -> None:
             errors.append(await stream.read_all())
 
-        async with create_task_group() as tg:
-            if stdin is not None:
-                tg.start_soon(_feed, stdin, pending)
-            if stderr is not None:
-                tg.start_soon(read_stderr, stderr)
-            if stdout is not None:
-                output = await stdout.read_all()
+        try:
+            async with create_task_group() as tg:
+                if stdin is not None:
+                    tg.start_soon(_feed, stdin, pending)
+                if stderr is not None:
+                    tg.start_soon(read_stderr, stderr)
+                if stdout is not None:
+                    output = await stdout.read_all()
+        except BaseExceptionGroup as group:
+            # Closed by another task: one ClosedResourceError, as the native engine gives.
+            _, others = group.split(anyio.ClosedResourceError)
+            if others is None:
+                raise anyio.ClosedResourceError from group
+            raise
         await self.wait()
         return output, errors[0] if stderr is not None else None
 
