@@ -9,6 +9,7 @@ from ``_watcher`` awaited like any other.
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import selectors
 import warnings
@@ -134,7 +135,10 @@ class NativeProcess(Process):
         if not hasattr(selector, "fileno"):  # poll() or select(): no fd to wait on
             selector.close()
             return await super()._communicate(input, feed_stdin=feed_stdin)
-        received: dict[FdReceiveStream, list[bytes]] = {}
+        # BytesIO, not a list joined at the end: it grows by realloc (mremap for
+        # large sizes, no copy) and getvalue() hands over its buffer as it is,
+        # where joining a GiB of chunks stalled the loop for a second.
+        received: dict[FdReceiveStream, io.BytesIO] = {}
         watch = self._backend.watch(selector.fileno())
         try:
             for stream in streams:
@@ -150,7 +154,8 @@ class NativeProcess(Process):
                     stdin.close()
             for reader in (stdout, stderr):
                 if reader is not None:
-                    received[reader] = [bytes(reader._pending)]
+                    received[reader] = io.BytesIO()
+                    received[reader].write(reader._pending)
                     reader._pending.clear()
                     selector.register(reader._fd, selectors.EVENT_READ, reader)
             exit_fd = -1
@@ -173,10 +178,10 @@ class NativeProcess(Process):
                     if stream is None:  # the exit fd: the child is gone
                         selector.unregister(key.fd)
                     elif isinstance(stream, FdReceiveStream):
-                        chunks = received[stream]
-                        start = len(chunks)
-                        at_eof = drain(stream._fd, chunks, _DRAIN_PER_ROUND)
-                        stream.count_received(sum(map(len, chunks[start:])))
+                        buffer = received[stream]
+                        start = buffer.tell()
+                        at_eof = drain(stream._fd, buffer, _DRAIN_PER_ROUND)
+                        stream.count_received(buffer.tell() - start)
                         if at_eof:
                             selector.unregister(key.fd)
                     else:
@@ -201,8 +206,8 @@ class NativeProcess(Process):
                         raise  # a stream was closed under us: anyio's rule
                     break  # the child was released after its exit, and all was read
         except BaseException:
-            for reader, chunks in received.items():
-                reader._pending[0:0] = b"".join(chunks)
+            for reader, buffer in received.items():
+                reader._pending[0:0] = buffer.getvalue()
             raise
         finally:
             self._on_release = None
@@ -213,8 +218,8 @@ class NativeProcess(Process):
                 stream.wakes_on_close = None
         if self._child.returncode is None:
             self._collect_status()
-        output = b"".join(received[stdout]) if stdout is not None else None
-        errors = b"".join(received[stderr]) if stderr is not None else None
+        output = received[stdout].getvalue() if stdout is not None else None
+        errors = received[stderr].getvalue() if stderr is not None else None
         return output, errors
 
     def _signal(self, sig: int, group: bool) -> None:
@@ -277,12 +282,13 @@ class NativeProcess(Process):
             )
 
 
-def drain(fd: int, chunks: list[bytes], limit: int = -1) -> bool:
+def drain(fd: int, chunks: list[bytes] | io.BytesIO, limit: int = -1) -> bool:
     """Read what ``fd`` has (at most ``limit`` bytes, if >= 0); return whether it reached EOF.
 
     A writer as fast as we read never lets the pipe run dry: the limit is what
     lets the event loop run between rounds.
     """
+    put = chunks.append if isinstance(chunks, list) else chunks.write
     while limit:
         try:
             data = os.read(fd, _CHUNK)
@@ -290,7 +296,7 @@ def drain(fd: int, chunks: list[bytes], limit: int = -1) -> bool:
             return False
         if not data:
             return True
-        chunks.append(data)
+        put(data)
         limit = max(limit - len(data), 0) if limit > 0 else -1
     return False
 

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import io
 import os
 import threading
 import weakref
@@ -124,15 +125,18 @@ class PipeReceiveStream(ByteReceiveStream):
         """
         if self.closed:
             raise ClosedResourceError
-        chunks = [bytes(self._pending)]
+        # BytesIO rather than chunks joined at the end: it grows by realloc, and
+        # getvalue() hands over its buffer without a copy (see _native).
+        buffer = io.BytesIO()
+        buffer.write(self._pending)
         self._pending.clear()
         try:
             while True:
-                chunks.append(await self._receive(_CHUNK))
+                buffer.write(await self._receive(_CHUNK))
         except EndOfStream:
-            return b"".join(chunks)
+            return buffer.getvalue()
         except BaseException:
-            self._pending[0:0] = b"".join(chunks)
+            self._pending[0:0] = buffer.getvalue()
             raise
 
     async def _readline(self) -> bytes:
