@@ -212,3 +212,46 @@ async def test_a_cancelled_aclose_still_stops_and_reaps(anyio_backend: object, e
         await task
     assert process.returncode == -signal.SIGKILL
     assert not pid_alive(process.pid)
+
+
+# -- 16.11: capturing large output ---------------------------------------------------------
+
+BLOCKS = py(
+    "import os, sys\n"
+    "for i in range(64):\n"
+    "    block = bytes([i]) * (1 << 20)\n"
+    "    view = memoryview(block)\n"
+    "    while view:\n"
+    "        view = view[os.write(1, view):]\n"
+)
+
+
+async def test_large_output_is_captured_whole_and_in_order(engine: str) -> None:
+    expected = b"".join(bytes([i]) * (1 << 20) for i in range(64))
+    ticks = 0
+
+    async def tick() -> None:
+        nonlocal ticks
+        while True:
+            await anyio.sleep(0)
+            ticks += 1
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(tick)
+        result = await aioproc.run_process(BLOCKS, engine=engine)  # type: ignore[arg-type]
+        tg.cancel_scope.cancel()
+    assert hashlib.sha256(result.stdout).digest() == hashlib.sha256(expected).digest()
+    assert len(result.stdout) == len(expected)
+    assert ticks > 1  # the loop ran other tasks while the output was drained
+
+
+async def test_communicate_captures_both_pipes_whole(engine: str) -> None:
+    code = (
+        "import os\n"
+        "for i in range(16):\n"
+        "    os.write(1, bytes([i]) * (1 << 20)); os.write(2, bytes([255 - i]) * (1 << 19))\n"
+    )
+    async with aioproc.open_process(py(code), stdin=subprocess.DEVNULL, engine=engine) as process:
+        output, errors = await process.communicate()
+    assert output == b"".join(bytes([i]) * (1 << 20) for i in range(16))
+    assert errors == b"".join(bytes([255 - i]) * (1 << 19) for i in range(16))
