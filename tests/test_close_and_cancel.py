@@ -255,3 +255,20 @@ async def test_communicate_captures_both_pipes_whole(engine: str) -> None:
         output, errors = await process.communicate()
     assert output == b"".join(bytes([i]) * (1 << 20) for i in range(16))
     assert errors == b"".join(bytes([255 - i]) * (1 << 19) for i in range(16))
+
+
+@ASYNCIO_BACKENDS
+async def test_a_spawn_cancelled_twice_leaves_no_child(anyio_backend: object, engine: str) -> None:
+    # Wherever the two cancellations land, the spawn either completes and the
+    # child is stopped and reaped, or no child is made (the leak check sees both).
+    for delay in range(20):
+        task = asyncio.ensure_future(aioproc.open_process(STUBBORN, grace=0.5, engine=engine))
+        for _ in range(delay):
+            await asyncio.sleep(0)
+        await cancel_twice(task)
+        with anyio.fail_after(WAIT):
+            try:
+                process = await task
+            except asyncio.CancelledError:
+                continue
+        await process.stop()

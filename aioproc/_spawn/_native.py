@@ -121,7 +121,11 @@ class NativeProcess(Process):
         whoever closes one tells us: a stream closed by another task closes the
         selector's watch, which wakes this with ``ClosedResourceError``; the
         child released by another task (after its exit) takes its exit fd out."""
-        pending = self._pending_input(input) if feed_stdin else None
+        if feed_stdin:
+            pending = self._pending_input(input)
+        else:
+            pending = None
+            self._check_communicate(input)
         stdin = self._stdin if feed_stdin else None
         if stdin is not None and stdin.closed:
             stdin = None  # already closed, and no input left (checked above): as good as done

@@ -143,7 +143,7 @@ class Process(anyio.abc.Process):
         """:meth:`communicate`; ``feed_stdin=False`` leaves stdin alone (``run_process``
         without ``input``, where the caller may feed it through ``TaskGroup.start()``)."""
         pending = self._pending_input(input) if feed_stdin else None
-        self._check_communicate(None)
+        self._check_communicate(None if feed_stdin else input)
         stdin = self.stdin if feed_stdin and not (self.stdin and self.stdin.closed) else None
         stdout, stderr = self.stdout, self.stderr
         output: bytes | None = None
