@@ -24,9 +24,10 @@ import anyio.lowlevel
 from anyio import BrokenResourceError, BusyResourceError, ClosedResourceError, EndOfStream
 
 from .. import _watcher
+from .._backends import run_to_completion
 from .._watcher import _pidfd
 from ._process import Process
-from ._streams import PipeReceiveStream, PipeSendStream
+from ._streams import PendingInput, PipeReceiveStream, PipeSendStream
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
@@ -97,10 +98,20 @@ class _WriterStream(PipeSendStream):
         self._on_close = on_close
 
     async def send(self, item: bytes) -> None:
+        await self._write_then_drain(item)
+
+    async def _send_pending(self, pending: PendingInput) -> None:
+        # The transport takes it all at once and writes it in the background,
+        # even if drain() is then cancelled: it is sent as soon as it is written.
+        await self._write_then_drain(bytes(pending.rest), pending)
+
+    async def _write_then_drain(self, item: bytes, pending: PendingInput | None = None) -> None:
         if self._closed:
             raise ClosedResourceError
         try:
             self._writer.write(item)
+            if pending is not None:
+                pending.rest = pending.rest[:0]
             await self._writer.drain()
         except (ConnectionResetError, BrokenPipeError, RuntimeError) as exc:
             # uvloop raises RuntimeError for a write to a closed transport.
@@ -263,34 +274,38 @@ async def open_asyncio_process(
         **options,
     }
     await anyio.lowlevel.checkpoint_if_cancelled()
-    try:
-        # Shielded: cancelled half-way, asyncio kills the child and awaits its
-        # exit, but anyio keeps cancelling that await too, and the transport and
-        # the child are left behind. So the spawn completes, and a cancellation
-        # that came meanwhile stops the child below.
-        with anyio.CancelScope(shield=True):
+
+    async def start() -> AsyncioProcess:
+        try:
             if isinstance(request.args, (str, bytes)):
                 transport, protocol = await loop.subprocess_shell(factory, request.args, **stdio)
             else:
                 transport, protocol = await loop.subprocess_exec(factory, *request.args, **stdio)
-    except OSError as exc:
-        if exc.filename is not None or exc.errno is None:
-            raise
-        # uvloop's errors do not say what was missing; Popen's do.
-        cwd = request.popen_kwargs.get("cwd")
-        if cwd is not None and not os.path.isdir(cwd):  # noqa: ASYNC240 - error path only
-            culprit = cwd
-        else:
-            culprit = request.args if request.shell else request.args[0]
-        raise type(exc)(exc.errno, exc.strerror, culprit) from exc
-    process = AsyncioProcess(
-        command,
-        transport,
-        protocol,
-        leads_group=request.leads_group,
-        grace=grace,
-        deliver_cancel=deliver_cancel,
-    )
+        except OSError as exc:
+            if exc.filename is not None or exc.errno is None:
+                raise
+            # uvloop's errors do not say what was missing; Popen's do.
+            cwd = request.popen_kwargs.get("cwd")
+            if cwd is not None and not os.path.isdir(cwd):  # noqa: ASYNC240 - error path only
+                culprit = cwd
+            else:
+                culprit = request.args if request.shell else request.args[0]
+            raise type(exc)(exc.errno, exc.strerror, culprit) from exc
+        return AsyncioProcess(
+            command,
+            transport,
+            protocol,
+            leads_group=request.leads_group,
+            grace=grace,
+            deliver_cancel=deliver_cancel,
+        )
+
+    # Run to completion: cancelled half-way, asyncio kills the child and awaits
+    # its exit, but a cancellation keeps cancelling that await too, and the
+    # transport and the child are left behind. So the spawn completes, and a
+    # cancellation that came meanwhile (anyio's or a plain Task.cancel()) stops
+    # the child before it goes on.
+    process = await run_to_completion(start, undo=_stop)
     try:
         await anyio.lowlevel.checkpoint_if_cancelled()
     except BaseException:
@@ -305,6 +320,10 @@ def _asyncio_watches_by_pidfd() -> bool:
 
     can_use_pidfd = getattr(unix_events, "can_use_pidfd", None)
     return can_use_pidfd is not None and bool(can_use_pidfd())
+
+
+async def _stop(process: AsyncioProcess) -> None:
+    await process.stop()
 
 
 def _uvloop_options(options: dict[str, Any]) -> dict[str, Any]:

@@ -12,6 +12,7 @@ from anyio import TASK_STATUS_IGNORED, create_task_group, move_on_after
 from ._open_process import Engine, open_process
 from ._process import _feed
 from ._pty import STDERR_DEFAULT
+from ._streams import PendingInput
 
 if TYPE_CHECKING:
     from anyio.abc import TaskStatus
@@ -204,7 +205,7 @@ async def _capture_beside_caller(
 
     async with create_task_group() as tg:
         if input is not None and process.stdin is not None:
-            tg.start_soon(_feed, process.stdin, input)
+            tg.start_soon(_feed, process.stdin, PendingInput(input))
         for name, stream in (("stdout", process.stdout), ("stderr", process.stderr)):
             if stream is not None and stream not in kept:
                 tg.start_soon(read_all, name, stream)

@@ -12,6 +12,12 @@ Reaping rules, each learned from an incident in a peer (``FIELD_NOTES.md`` §1):
   lock only while the return code is unset: a reaped pid may already belong to
   an unrelated process.
 * In a child made by ``os.fork()``, forget every parent's child.
+* A finalizer (``__del__``) takes no lock and does no work that could re-enter:
+  from CPython 3.12 on a collection can run right after any call, including one
+  made while this thread holds ``_registry_lock`` or a child's lock, and these
+  locks are not re-entrant. A finalizer hands its child to :func:`release_later`,
+  a bare ``deque.append``, and the next safe point releases it
+  (:func:`release_dropped`: the next spawn, or the next call into aioproc).
 
 The mechanism is chosen once per process: ``pidfd`` where it works, else
 ``kqueue`` where it exists, else ``thread``. The environment variable
@@ -25,6 +31,7 @@ import os
 import signal
 import threading
 import warnings
+from collections import deque
 from typing import Protocol
 
 from ._thread import WaiterThread
@@ -35,6 +42,8 @@ __all__ = [
     "active_children",
     "mechanism",
     "reap_orphans",
+    "release_dropped",
+    "release_later",
     "sigchld_ignored",
     "watch",
 ]
@@ -60,6 +69,8 @@ _children: dict[int, Child] = {}
 # Children whose Process object was dropped while they still ran. Like
 # subprocess._active, they are polled at the next spawn so none stays a zombie.
 _orphans: set[Child] = set()
+# Children whose Process was finalized: released at the next safe point.
+_dropped: deque[Child] = deque()
 
 
 def _choose_mechanism() -> str:
@@ -282,6 +293,8 @@ def watch(pid: int, *, anchors_group: bool = False) -> Child:
     child is killed and reaped before the error propagates: a child nobody
     can wait for would become a zombie or an orphan.
     """
+    if _dropped:
+        release_dropped()
     if _orphans:
         reap_orphans()
     try:
@@ -300,8 +313,28 @@ def watch(pid: int, *, anchors_group: bool = False) -> Child:
     return child
 
 
+def release_later(child: Child) -> None:
+    """Release ``child`` at the next safe point; for finalizers, which must take no lock.
+
+    ``deque.append`` is atomic, so this cannot block or re-enter anything.
+    """
+    _dropped.append(child)
+
+
+def release_dropped() -> None:
+    """Release the children handed to :func:`release_later`. Call it holding no lock."""
+    while _dropped:
+        try:
+            child = _dropped.popleft()
+        except IndexError:  # another thread took the last one
+            return
+        child.release()
+
+
 def reap_orphans() -> None:
     """Reap orphaned children that have exited since we last looked."""
+    if _dropped:
+        release_dropped()
     with _registry_lock:
         orphans = list(_orphans)
     for child in orphans:
@@ -330,6 +363,7 @@ def _forget_after_fork() -> None:
                 notifier.close_after_fork()
     _children.clear()
     _orphans.clear()
+    _dropped.clear()
 
 
 os.register_at_fork(after_in_child=_forget_after_fork)
