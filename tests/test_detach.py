@@ -326,6 +326,24 @@ async def test_a_pid_file_that_cannot_be_written_starts_nothing(
     assert not _sleeping(token)
 
 
+async def test_pid_file_errors_name_the_pid_file(anyio_backend: object, tmp_path: Path) -> None:
+    """Not the temporary file it is written through: the path the caller gave."""
+    token = _token()
+    with pytest.raises(FileNotFoundError) as caught:
+        await aioproc.detach(["sleep", token], pid_file="/nonexistent/p.pid")
+    assert caught.value.filename == "/nonexistent/p.pid"
+    assert str(caught.value) == "[Errno 2] No such file or directory: '/nonexistent/p.pid'"
+    # Renaming into place fails (a directory is there): the command was started, and is killed.
+    in_the_way = tmp_path / "in-the-way.pid"
+    in_the_way.mkdir()
+    with pytest.raises(IsADirectoryError) as caught:
+        await aioproc.detach(["sleep", token], pid_file=in_the_way)
+    assert caught.value.filename == str(in_the_way)
+    assert ".tmp" not in str(caught.value)
+    assert not await _settled(token)
+    assert os.listdir(tmp_path) == ["in-the-way.pid"]
+
+
 # -- failures ---------------------------------------------------------------------------
 
 
@@ -477,15 +495,43 @@ def test_cli_takes_cwd_and_stderr(strays: Strays, tmp_path: Path) -> None:
         (["--", "/etc/passwd"], 126, "Permission denied: '/etc/passwd'"),
         (["--cwd", "/no/such/dir", "--", "true"], 125, "No such file or directory: '/no/such/dir'"),
         (["--stdout", "/no/such/dir/out", "--", "true"], 125, "/no/such/dir/out"),
+        (
+            ["--pid-file", "/nonexistent/p.pid", "--", "true"],
+            125,
+            "No such file or directory: '/nonexistent/p.pid'",
+        ),
+        # Permission denied, even to root: 125 all the same, 126 is for the program.
+        (
+            ["--stdout", "/sys/aioproc.log", "--", "true"],
+            125,
+            "Permission denied: '/sys/aioproc.log'",
+        ),
+        (
+            ["--pid-file", "/sys/aioproc.pid", "--", "true"],
+            125,
+            "Permission denied: '/sys/aioproc.pid'",
+        ),
+        (["--", "/"], 126, "Permission denied: '/'"),
         ([], 2, "the following arguments are required: command"),
     ],
-    ids=["not found", "not executable", "bad cwd", "bad stdout", "no command"],
+    ids=[
+        "not found",
+        "not executable",
+        "bad cwd",
+        "bad stdout",
+        "pid file in a missing dir",
+        "stdout not writable",
+        "pid file not writable",
+        "a directory as the program",
+        "no command",
+    ],
 )
 def test_cli_reports_errors(args: list[str], status: int, message: str) -> None:
     done = _cli("detach", *args)
     assert done.returncode == status
     assert done.stdout == ""
     assert message in done.stderr
+    assert ".tmp" not in done.stderr  # never the name of our temporary file
     assert done.stderr.startswith(("python -m aioproc detach: ", "usage: python -m aioproc detach"))
 
 
