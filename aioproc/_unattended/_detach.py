@@ -28,10 +28,19 @@ command that cannot start raises the exception ``open_process`` would raise:
 4. The caller awaits the intermediate's exit through the child watcher, reaps
    it, reads the report, and returns the pid or raises the exception.
 
-Once the intermediate exists, the rest is shielded from cancellation: the
-command may already be running, and a caller that was cancelled then would
-never learn its pid. The shielded wait lasts as long as the intermediate's
-work: a ``vfork`` and an ``exec``, then its exit.
+Paths given for stdio are opened in a worker thread before the fork: opening a
+FIFO waits for its other end, and the loop must not wait with it.
+
+Once the intermediate exists, the rest (reaping it, reading the report, writing
+the pid file) must finish: the command may already be running, and a caller
+that was cancelled then would never learn its pid. anyio's and trio's
+cancellations are held off by a shielded scope, and arrive once ``detach`` has
+returned. A plain asyncio cancellation (``Task.cancel()``, ``asyncio.wait_for``)
+gets through any shield, so on asyncio that part runs in a task of its own
+(``_to_the_end``), which the caller waits for; it then raises the cancellation.
+The command is then tracked by its pid file, or killed if it has none: no
+command runs on that nobody can know the pid of. That wait lasts as long as
+the intermediate's work: a ``vfork`` and an ``exec``, then its exit.
 
 The price of the double fork is the fork of this whole process: ``detach``
 returns the pid after 3 to 4 ms with a small heap and 10 to 12 ms at 200 MB,
@@ -135,7 +144,22 @@ async def detach(
 
     A command that cannot start raises here what :func:`open_process` raises:
     ``FileNotFoundError`` naming the program or the ``cwd``, ``PermissionError``
-    for a file that is not executable.
+    for a file that is not executable. A stdio path or pid file that cannot be
+    opened raises the ``OSError`` naming that path, as given.
+
+    Paths are opened without blocking the event loop: a FIFO waits for its other
+    end, and a deadline or a cancellation meanwhile abandons the open, leaving
+    no fd and starting nothing.
+
+    Cancelled once the command may run: by anyio or trio, ``detach`` still
+    returns the pid, and the cancellation arrives at the next checkpoint. By a
+    plain asyncio ``Task.cancel()`` (``asyncio.wait_for``, ``asyncio.timeout``),
+    which no shield holds off, ``CancelledError`` is raised once the pid is
+    known: with ``pid_file`` the command runs on, and its pid file is written;
+    without, it is killed, since nobody could learn its pid.
+
+    Glibc's reserved signals 32 and 33 cannot be reset from Python: if this
+    process ignores them (inherited through ``exec``), so does the command.
     """
     for name, value in (("stdin", stdin), ("stdout", stdout), ("stderr", stderr)):
         if isinstance(value, int) and value == subprocess.PIPE:
