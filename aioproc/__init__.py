@@ -61,6 +61,7 @@ from ._spawn import (
     run_process,
 )
 from ._unattended import ChildScope, DetachedProcess, detach
+from ._version import __version__ as __version__
 from ._watcher import mechanism as child_watcher
 
 __all__ = [

@@ -1,6 +1,7 @@
 """``python -m aioproc``: a short demo of the toolkit, and ``detach`` for the shell.
 
-``python -m aioproc [asyncio|trio]`` runs the demo; ``python -m aioproc detach
+``python -m aioproc [asyncio|trio]`` runs the demo on that event loop
+(``--version`` prints the version); ``python -m aioproc detach
 [--stdout FILE] [--stderr FILE] [--cwd DIR] [--pid-file FILE] -- cmd args...``
 is ``nohup setsid cmd args... &``: it prints the pid of the detached command.
 """
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import importlib.util
 import os
 import subprocess
 import sys
@@ -117,11 +119,20 @@ def detach_main(argv: list[str]) -> int:
         detached = anyio.run(start)
     except (OSError, ValueError, subprocess.SubprocessError) as exc:
         print(f"{parser.prog}: {exc}", file=sys.stderr)
-        if isinstance(exc, FileNotFoundError) and exc.filename == args.command[0]:
-            return 127
-        return 126 if isinstance(exc, PermissionError) else 125
+        return _exit_status(exc, args.command[0])
     print(detached.pid)
     return 0
+
+
+def _exit_status(error: Exception, program: str) -> int:
+    """nohup's and env's statuses: 127 and 126 are about the program, 125 about anything else.
+
+    Only an error that names the program is about it: a log file, a pid file or
+    the ``--cwd`` that cannot be opened is 125, whatever the errno.
+    """
+    if isinstance(error, OSError) and error.filename == program:
+        return 127 if isinstance(error, FileNotFoundError) else 126
+    return 125
 
 
 def main(argv: list[str]) -> int:
@@ -129,10 +140,31 @@ def main(argv: list[str]) -> int:
         return detach_main(argv[2:])
     parser = argparse.ArgumentParser(
         prog="python -m aioproc",
-        description="Run the demo, or `python -m aioproc detach --help` for the detach command.",
+        description="Run a short demo of aioproc on the event loop you name: spawn and talk "
+        "to bash, run and capture, fork_call, and a master that detaches a worker. "
+        "It takes about two seconds and prints what each step did.",
+        epilog="Subcommand: `python -m aioproc detach [options] -- cmd args...` starts cmd "
+        "detached from this shell (like `nohup setsid cmd &`) and prints its pid; "
+        "see `python -m aioproc detach --help`.",
     )
-    parser.add_argument("backend", nargs="?", default="asyncio", choices=BACKENDS)
+    parser.add_argument(
+        "backend",
+        nargs="?",
+        default="asyncio",
+        choices=BACKENDS,
+        help="the event loop library to run the demo on (default: asyncio); trio needs "
+        "the trio extra: pip install 'aioproc[trio]'",
+    )
+    parser.add_argument(
+        "--version",
+        action="version",
+        version=f"aioproc {aioproc.__version__} (Python {sys.version.split()[0]})",
+    )
     args = parser.parse_args(argv[1:])
+    if args.backend == "trio" and importlib.util.find_spec("trio") is None:
+        parser.error(
+            "trio is not installed: pip install 'aioproc[trio]', or run the demo on asyncio"
+        )
     anyio.run(demo, backend=args.backend)
     return 0
 

@@ -18,6 +18,7 @@ MEASUREMENTS = (
     "detach",
     "pipeline",
     "pty",
+    "capture",
 )
 
 

@@ -12,6 +12,7 @@ import pytest
 from aioproc import ChildScope, Process
 
 from .helpers import children_of_us, py, thread_count
+from .native_cancel import cancel_natively
 
 # A child that reports each SIGTERM in a file and otherwise ignores it.
 STUBBORN = (
@@ -189,11 +190,18 @@ async def test_start_needs_an_open_scope(anyio_backend: object) -> None:
 
 @pytest.mark.parametrize(
     ("kwargs", "error"),
-    [({"timeout": -1}, ValueError), ({"timeout": "1"}, ValueError), ({"on_exit": 42}, TypeError)],
+    [
+        ({"timeout": -1}, ValueError),
+        ({"timeout": "1"}, ValueError),
+        ({"timeout": float("nan")}, ValueError),
+        ({"on_exit": 42}, TypeError),
+    ],
+    ids=["negative timeout", "str timeout", "nan timeout", "on_exit not callable"],
 )
 def test_bad_arguments(kwargs: dict[str, object], error: type[Exception]) -> None:
-    with pytest.raises(error):
+    with pytest.raises(error) as caught:
         ChildScope(**kwargs)  # type: ignore[arg-type]
+    assert repr(next(iter(kwargs.values()))) in str(caught.value)  # names what was passed
 
 
 async def test_a_bad_command_raises_from_start(anyio_backend: object) -> None:
@@ -201,3 +209,56 @@ async def test_a_bad_command_raises_from_start(anyio_backend: object) -> None:
         with pytest.raises(FileNotFoundError, match="no-such-program-xyz"):
             await scope.start(["no-such-program-xyz"])
         assert scope.running == frozenset()
+
+
+async def test_an_error_goes_on_unchanged_when_on_exit_raises(anyio_backend: object) -> None:
+    """on_exit fails for the children the scope stops: the block's error still goes on, with
+    each of on_exit's errors in a note."""
+
+    def on_exit(process: Process) -> None:
+        raise RuntimeError(f"on_exit failed for {process.args[1]}")
+
+    with pytest.raises(ValueError, match="boom") as caught:
+        async with ChildScope(on_exit=on_exit) as scope:
+            first = await scope.start(["sleep", "60"])
+            second = await scope.start(["sleep", "61"])
+            raise ValueError("boom")
+    assert first.returncode == second.returncode == -signal.SIGTERM
+    notes = caught.value.__notes__
+    assert len(notes) == 2
+    assert sorted(note.splitlines()[-1] for note in notes) == [
+        "RuntimeError: on_exit failed for 60",
+        "RuntimeError: on_exit failed for 61",
+    ]
+    assert all("Traceback" in note and "in on_exit" in note for note in notes)
+
+
+async def test_native_cancellation_twice_still_stops_and_reaps_every_child(
+    anyio_backend: object, tmp_path: Path
+) -> None:
+    """Task.cancel() in the block, and again while a child ignores SIGTERM: it is killed."""
+    log = tmp_path / "log"
+    processes: list[Process] = []
+
+    async def block() -> None:
+        async with ChildScope() as scope:
+            processes.append(await scope.start(["sleep", "60"]))
+            processes.append(await scope.start(py(STUBBORN.format(str(log))), grace=1))
+            await anyio.sleep(60)
+
+    async def started() -> None:
+        with anyio.fail_after(30):
+            while not (tmp_path / "log.ready").exists():
+                await anyio.sleep(0.01)
+
+    async def in_the_grace_period() -> None:
+        with anyio.fail_after(30):
+            while not log.exists():
+                await anyio.sleep(0.01)
+
+    outcome = await cancel_natively(block, [started, in_the_grace_period])
+    assert outcome.cancelled
+    assert outcome.error is None
+    assert [process.returncode for process in processes] == [-signal.SIGTERM, -signal.SIGKILL]
+    assert log.read_text() == "TERM"
+    assert not children_of_us()

@@ -14,6 +14,7 @@ import random
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import anyio
 import anyio.lowlevel
@@ -24,12 +25,17 @@ import aioproc
 from .cancel_sweep import Sweep
 from .helpers import py
 
-# cwd= sends the spawn through Popen and TIOCSCTTY; without it, posix_spawn.
-SPAWN_PATHS = {"posix_spawn": {}, "popen": {"cwd": "/"}}
+# Three ways to spawn: os.posix_spawn; cwd= through glibc's posix_spawn by ctypes;
+# umask= (and user, group, pass_fds, die_with_parent) through Popen and TIOCSCTTY.
+SPAWN_PATHS: dict[str, dict[str, object]] = {
+    "posix_spawn": {},
+    "cwd": {"cwd": "/"},
+    "popen": {"umask": 0o022},
+}
 
 
 @pytest.fixture(params=list(SPAWN_PATHS), ids=list(SPAWN_PATHS))
-def spawn_path(request: pytest.FixtureRequest) -> dict[str, str]:
+def spawn_path(request: pytest.FixtureRequest) -> dict[str, object]:
     return SPAWN_PATHS[request.param]
 
 
@@ -59,7 +65,7 @@ async def session_of(**options: object) -> dict[str, object]:
     return seen
 
 
-async def test_the_child_is_a_terminal_session(spawn_path: dict[str, str]) -> None:
+async def test_the_child_is_a_terminal_session(spawn_path: dict[str, object]) -> None:
     seen = await session_of(**spawn_path)
     assert seen["isatty"] == [True, True, True]
     assert seen["pid"] == seen["pgid"] == seen["sid"] == seen["tcgetpgrp"]
@@ -68,7 +74,7 @@ async def test_the_child_is_a_terminal_session(spawn_path: dict[str, str]) -> No
     assert seen["term"] == "xterm-256color"
 
 
-async def test_size_and_term_options(spawn_path: dict[str, str]) -> None:
+async def test_size_and_term_options(spawn_path: dict[str, object]) -> None:
     seen = await session_of(pty=aioproc.Pty(rows=50, cols=132, term="vt100"), **spawn_path)
     assert seen["size"] == [132, 50]
     assert seen["term"] == "vt100"
@@ -166,7 +172,7 @@ async def test_stderr_pipe_keeps_stderr_apart() -> None:
     assert result.stderr == b"err False\n"
 
 
-async def test_stderr_devnull_and_stderr_inherited(spawn_path: dict[str, str]) -> None:
+async def test_stderr_devnull_and_stderr_inherited(spawn_path: dict[str, object]) -> None:
     code = "import sys; print('err', file=sys.stderr); print('out')"
     result = await aioproc.run_process(py(code), pty=True, stderr=subprocess.DEVNULL, **spawn_path)
     assert result.stdout == b"out\r\n"
@@ -199,7 +205,7 @@ async def test_the_child_never_sees_o_nonblock() -> None:
 # -- signals and control characters --------------------------------------------------------
 
 
-async def test_interrupt_gives_minus_sigint(spawn_path: dict[str, str]) -> None:
+async def test_interrupt_gives_minus_sigint(spawn_path: dict[str, object]) -> None:
     async with aioproc.open_process(
         ["sh", "-c", "echo ready; exec sleep 60"], pty=True, **spawn_path
     ) as child:
@@ -242,11 +248,12 @@ while True:
 """
 
 
-async def test_resize_sends_sigwinch_with_the_new_size(spawn_path: dict[str, str]) -> None:
+async def test_resize_sends_sigwinch_with_the_new_size(spawn_path: dict[str, object]) -> None:
     async with aioproc.open_process(py(SIGWINCH_CHILD), pty=True, **spawn_path) as child:
         await aioproc.expect(child.stdout, b"ready", timeout=30)  # type: ignore[arg-type]
         assert child.pty is not None
         assert child.pty.size == (24, 80)
+        assert child.pty.echo is True
         child.pty.resize(50, 132)
         assert child.pty.size == (50, 132)
         found = await aioproc.expect(child.stdout, rb"size (\d+)x(\d+)", timeout=30)  # type: ignore[arg-type]
@@ -282,6 +289,8 @@ async def test_a_dev_tty_password_prompt_answered_through_expect() -> None:
     )
     async with aioproc.open_process(py(code), pty=True) as child:
         await aioproc.expect(child.stdout, b"Password: ", timeout=30)  # type: ignore[arg-type]
+        assert child.pty is not None
+        assert child.pty.echo is False  # getpass turned it off before its prompt
         await child.stdin.send(b"s3cret\n")  # type: ignore[union-attr]
         found = await aioproc.expect(child.stdout, [b"welcome", b"denied"], timeout=30)  # type: ignore[arg-type]
         assert found.index == 0
@@ -300,6 +309,17 @@ async def test_leaving_normally_reaps_before_closing_the_master() -> None:
     assert child.returncode == 3
 
 
+async def test_closing_stdout_closes_the_terminal_and_hangs_up_the_child() -> None:
+    async with aioproc.open_process(["sh", "-c", "echo ready; exec sleep 60"], pty=True) as child:
+        await aioproc.expect(child.stdout, b"ready", timeout=30)  # type: ignore[arg-type]
+        await child.stdout.aclose()  # type: ignore[union-attr]
+        assert child.stdin.closed  # type: ignore[union-attr]
+        assert await child.wait() == -signal.SIGHUP
+        assert child.pty is not None
+        with pytest.raises(anyio.ClosedResourceError, match="the terminal was closed"):
+            child.pty.resize(30, 90)
+
+
 async def test_stop_types_eof_first() -> None:
     with pytest.raises(KeyError):
         async with aioproc.open_process(["cat"], pty=True, grace=30) as child:
@@ -316,6 +336,18 @@ async def test_stop_hangs_up_a_child_that_ignores_eof() -> None:
             await aioproc.expect(child.stdout, b"ready", timeout=30)  # type: ignore[arg-type]
             raise KeyError
     assert child.returncode == -signal.SIGHUP
+
+
+async def test_the_hang_up_reaches_a_foreground_job_in_its_own_group() -> None:
+    # With job control (set -m) the shell runs its job in a group of its own, in the
+    # foreground; the shell ignores SIGHUP, its job does not, and the shell exits after it.
+    job = "import signal, time; signal.signal(signal.SIGHUP, signal.SIG_DFL); print('job', flush=True); time.sleep(60)"
+    script = f"set -m; trap '' HUP; {sys.executable} -c \"{job}\"; exit 0"
+    with pytest.raises(KeyError):
+        async with aioproc.open_process(["sh", "-c", script], pty=True, grace=0.2) as child:
+            await aioproc.expect(child.stdout, b"job", timeout=30)  # type: ignore[arg-type]
+            raise KeyError
+    assert child.returncode == 0  # not -SIGKILL: the job got the hang-up, then the shell left
 
 
 async def test_stop_kills_a_child_that_ignores_the_hang_up() -> None:
@@ -381,7 +413,9 @@ async def test_aclose_cancelled_stops_the_child() -> None:
 # -- bad input -------------------------------------------------------------------------------
 
 
-async def test_bad_pty_options() -> None:
+async def test_bad_pty_options(tmp_path: Path) -> None:
+    not_executable = tmp_path / "data"
+    not_executable.write_text("just data")
     with pytest.raises(
         TypeError, match=r"pty must be True, False or an aioproc\.Pty, not str: 'yes'"
     ):
@@ -406,8 +440,13 @@ async def test_bad_pty_options() -> None:
         await aioproc.run_process(["true"], pty=True, process_group=5)
     with pytest.raises(FileNotFoundError, match="no-such-program"):
         await aioproc.run_process(["no-such-program"], pty=True)
-    with pytest.raises(FileNotFoundError, match="no-such-program"):
-        await aioproc.run_process(["no-such-program"], pty=True, cwd="/")
+    for options in SPAWN_PATHS.values():
+        with pytest.raises(FileNotFoundError, match="no-such-program"):
+            await aioproc.run_process(["no-such-program"], pty=True, **options)  # type: ignore[arg-type]
+        with pytest.raises(FileNotFoundError, match="no-such-dir"):
+            await aioproc.run_process(["true"], pty=True, **{**options, "cwd": "/no-such-dir"})  # type: ignore[arg-type]
+        with pytest.raises(PermissionError, match="data"):
+            await aioproc.run_process([not_executable], pty=True, **options)  # type: ignore[arg-type]
 
 
 async def test_pty_needs_the_native_engine() -> None:
@@ -424,9 +463,17 @@ async def test_bad_resize() -> None:
             child.pty.resize(2.5, 80)  # type: ignore[arg-type]
 
 
-async def test_a_shell_command_runs_through_sh() -> None:
-    result = await aioproc.run_process("echo $((6 * 7))", pty=True)
+async def test_a_shell_command_runs_through_sh(spawn_path: dict[str, object]) -> None:
+    result = await aioproc.run_process("echo $((6 * 7))", pty=True, **spawn_path)  # type: ignore[arg-type]
     assert result.stdout == b"42\r\n"
+
+
+async def test_cwd_and_a_program_relative_to_it(tmp_path: Path) -> None:
+    script = tmp_path / "hello"
+    script.write_text("#!/bin/sh\necho hello from $(pwd)\n")
+    script.chmod(0o755)
+    result = await aioproc.run_process(["./hello"], pty=True, cwd=tmp_path)
+    assert result.stdout == f"hello from {tmp_path}\r\n".encode()
 
 
 @pytest.mark.parametrize("anyio_backend", ["asyncio"])
@@ -452,3 +499,37 @@ async def test_native_asyncio_cancel_twice_during_the_stop_sequence() -> None:
     with pytest.raises(asyncio.CancelledError):
         await task
     assert children[0].returncode == -signal.SIGKILL
+
+
+async def test_run_process_timeout_keeps_what_was_read() -> None:
+    # 3 s is for the output to arrive; the child itself would wait 60.
+    with pytest.raises(subprocess.TimeoutExpired) as caught:
+        await aioproc.run_process(
+            ["sh", "-c", "echo partial; exec sleep 60"], pty=True, timeout=3, grace=0.1
+        )
+    assert caught.value.output == b"partial\r\n"
+
+
+async def test_stdin_none_is_the_terminal_too() -> None:
+    # run_process's default stdin=None means the terminal with pty=, as PIPE does.
+    async with aioproc.open_process(["cat"], stdin=None, pty=aioproc.Pty(echo=False)) as child:
+        await child.stdin.send(b"typed\n")  # type: ignore[union-attr]
+        await aioproc.expect(child.stdout, b"typed\r\n", timeout=30)  # type: ignore[arg-type]
+
+
+def test_a_loop_in_another_thread_spawns_on_both_paths() -> None:
+    # The Popen path runs Python in the child (TIOCSCTTY, signal dispositions): from
+    # a thread that is not the main one too.
+    import threading
+
+    results: list[bytes] = []
+
+    async def main() -> None:
+        for options in SPAWN_PATHS.values():
+            result = await aioproc.run_process(["sh", "-c", "echo ok"], pty=True, **options)  # type: ignore[arg-type]
+            results.append(result.stdout)
+
+    thread = threading.Thread(target=anyio.run, args=(main,))
+    thread.start()
+    thread.join()
+    assert results == [b"ok\r\n"] * len(SPAWN_PATHS)

@@ -12,14 +12,19 @@ from __future__ import annotations
 
 import asyncio
 import sys
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
+from anyio import CancelScope
+
+from .._watcher import _dropped, release_dropped
 from ._asyncio import AsyncioBackend, _system_tasks, finish_abandoned_tasks
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Coroutine
 
-__all__ = ["Backend", "FdWatch", "current_backend"]
+__all__ = ["Backend", "FdWatch", "current_backend", "run_to_completion"]
+
+T = TypeVar("T")
 
 
 class FdWatch(Protocol):
@@ -73,10 +78,13 @@ def current_backend() -> Backend:
     Trio is checked first because trio in guest mode runs on top of an asyncio
     loop, and there the task belongs to trio. Every call into aioproc comes
     here first, so this is also where the system tasks of asyncio loops closed
-    without cancelling them are finished.
+    without cancelling them are finished, and a safe point where the children
+    of finalized processes are released (``_watcher.release_later``).
     """
     if _system_tasks:
         finish_abandoned_tasks()
+    if _dropped:
+        release_dropped()
     trio = sys.modules.get("trio")
     if trio is not None and trio.lowlevel.in_trio_task():
         from ._trio import TrioBackend
@@ -86,3 +94,42 @@ def current_backend() -> Backend:
     if loop is not None:
         return AsyncioBackend(loop)
     raise RuntimeError("aioproc needs a running asyncio (or uvloop) or trio event loop")
+
+
+async def run_to_completion(
+    fn: Callable[[], Awaitable[T]], undo: Callable[[T], Awaitable[object]] | None = None
+) -> T:
+    """Run ``fn()`` to its end whatever cancels the caller, then deliver the cancellation.
+
+    For the sections that must finish (a stop sequence, a spawn). anyio's
+    shielded scope holds off anyio's cancellation, and trio's, but not a plain
+    asyncio ``Task.cancel()``, nor ``asyncio.timeout``, ``wait_for`` or
+    ``TaskGroup``, which most asyncio users cancel with. So on asyncio ``fn()``
+    runs in a task of its own, which no cancellation of the caller reaches, and
+    the caller waits for it through ``asyncio.shield`` as often as it is
+    cancelled. If it was, ``undo(result)`` runs the same way, and then
+    ``CancelledError`` is raised.
+    """
+    if current_backend().name != "asyncio":
+        with CancelScope(shield=True):
+            return await fn()
+
+    async def call() -> T:  # a coroutine, as create_task() needs
+        return await fn()
+
+    task = asyncio.get_running_loop().create_task(call())
+    cancelled = False
+    with CancelScope(shield=True):  # anyio's own cancellation, delivered at the end too
+        while not task.done():
+            try:
+                await asyncio.shield(task)
+            except asyncio.CancelledError:
+                if task.done():
+                    break
+                cancelled = True
+    result = task.result()  # fn's own error, or its cancellation by the loop's shutdown
+    if not cancelled:
+        return result
+    if undo is not None:
+        await run_to_completion(lambda: undo(result))
+    raise asyncio.CancelledError

@@ -23,9 +23,11 @@ from typing import TYPE_CHECKING, Any
 import anyio.lowlevel
 from anyio import BrokenResourceError, BusyResourceError, ClosedResourceError, EndOfStream
 
+from .. import _watcher
+from .._backends import run_to_completion
 from .._watcher import _pidfd
 from ._process import Process
-from ._streams import PipeReceiveStream, PipeSendStream
+from ._streams import PendingInput, PipeReceiveStream, PipeSendStream
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
@@ -48,11 +50,17 @@ class _Protocol(asyncio.subprocess.SubprocessStreamProtocol):
 
 
 class _ReaderStream(PipeReceiveStream):
-    def __init__(self, reader: asyncio.StreamReader, transport: asyncio.BaseTransport) -> None:
+    def __init__(
+        self,
+        reader: asyncio.StreamReader,
+        transport: asyncio.BaseTransport,
+        on_close: Callable[[], None],
+    ) -> None:
         super().__init__()
         self._reader = reader
         self._transport = transport
         self._closed = False
+        self._on_close = on_close
 
     async def _receive(self, max_bytes: int) -> bytes:
         if self._closed:
@@ -80,18 +88,30 @@ class _ReaderStream(PipeReceiveStream):
             # Wake a task blocked in read(): with the transport gone, nothing would.
             # (Not feed_eof(): uvloop may still deliver data read before the close.)
             self._reader.set_exception(ClosedResourceError())
+            self._on_close()
 
 
 class _WriterStream(PipeSendStream):
-    def __init__(self, writer: asyncio.StreamWriter) -> None:
+    def __init__(self, writer: asyncio.StreamWriter, on_close: Callable[[], None]) -> None:
         self._writer = writer
         self._closed = False
+        self._on_close = on_close
 
     async def send(self, item: bytes) -> None:
+        await self._write_then_drain(item)
+
+    async def _send_pending(self, pending: PendingInput) -> None:
+        # The transport takes it all at once and writes it in the background,
+        # even if drain() is then cancelled: it is sent as soon as it is written.
+        await self._write_then_drain(bytes(pending.rest), pending)
+
+    async def _write_then_drain(self, item: bytes, pending: PendingInput | None = None) -> None:
         if self._closed:
             raise ClosedResourceError
         try:
             self._writer.write(item)
+            if pending is not None:
+                pending.rest = pending.rest[:0]
             await self._writer.drain()
         except (ConnectionResetError, BrokenPipeError, RuntimeError) as exc:
             # uvloop raises RuntimeError for a write to a closed transport.
@@ -107,6 +127,7 @@ class _WriterStream(PipeSendStream):
         if not self._closed:
             self._closed = True
             self._writer.close()
+            self._on_close()
 
 
 class AsyncioProcess(Process):
@@ -124,6 +145,8 @@ class AsyncioProcess(Process):
         self._transport = transport
         self._protocol = protocol
         self._pid = transport.get_pid()
+        self._on_uvloop = type(asyncio.get_running_loop()).__module__.startswith("uvloop")
+        self._lost_status: bool | None = None  # decided at the first 255 seen
         # Signals go through a pidfd where there is one, never through
         # transport.send_signal(): Popen.send_signal() polls first, and that poll
         # reaps an exited child behind the back of asyncio's watcher, which
@@ -140,9 +163,16 @@ class AsyncioProcess(Process):
             assert pipe_transport is not None
             return pipe_transport
 
-        self._stdin = None if protocol.stdin is None else _WriterStream(protocol.stdin)
-        self._stdout = None if protocol.stdout is None else _ReaderStream(protocol.stdout, pipe(1))
-        self._stderr = None if protocol.stderr is None else _ReaderStream(protocol.stderr, pipe(2))
+        # A pipe left to the caller (run_process under start()) holds off the release.
+        self._release_pending = False
+        on_close = self._stream_closed
+        self._stdin = None if protocol.stdin is None else _WriterStream(protocol.stdin, on_close)
+        self._stdout = (
+            None if protocol.stdout is None else _ReaderStream(protocol.stdout, pipe(1), on_close)
+        )
+        self._stderr = (
+            None if protocol.stderr is None else _ReaderStream(protocol.stderr, pipe(2), on_close)
+        )
 
     @property
     def pid(self) -> int:
@@ -150,7 +180,18 @@ class AsyncioProcess(Process):
 
     @property
     def returncode(self) -> int | None:
-        return self._transport.get_returncode()
+        returncode = self._transport.get_returncode()
+        if returncode == 255 and self._sigchld_ignored_at_exit():
+            # The kernel reaped the child, and asyncio reports the lost status as
+            # 255; the native engine, subprocess and trio report 0.
+            return 0
+        return returncode
+
+    def _sigchld_ignored_at_exit(self) -> bool:
+        # libuv (uvloop) installs its own SIGCHLD handler, and gets the true status.
+        if self._lost_status is None:
+            self._lost_status = not self._on_uvloop and _watcher.sigchld_ignored()
+        return self._lost_status
 
     @property
     def stdin(self) -> _WriterStream | None:
@@ -181,8 +222,19 @@ class AsyncioProcess(Process):
             pass
 
     def _release(self) -> None:
+        streams = (self._stdin, self._stdout, self._stderr)
+        if any(stream is not None and not stream.closed for stream in streams):
+            # The transport owns the pipes: closing it would close the caller's
+            # too. The last of them to close releases it (_stream_closed).
+            self._release_pending = True
+            return
+        self._release_pending = False
         self._transport.close()
         self._close_pidfd()
+
+    def _stream_closed(self) -> None:
+        if self._release_pending:
+            self._release()
 
     def _close_pidfd(self) -> None:
         if self._pidfd is not None and self._pidfd >= 0:
@@ -209,6 +261,12 @@ async def open_asyncio_process(
     options = dict(request.popen_kwargs)
     if type(loop).__module__.startswith("uvloop"):
         options = _uvloop_options(options)
+    elif _watcher.sigchld_ignored() and _asyncio_watches_by_pidfd():
+        raise RuntimeError(
+            "engine='asyncio' cannot start a child while SIGCHLD is ignored: asyncio's pidfd "
+            "child watcher fails, and leaks the pipes, when the kernel reaps the child before "
+            "it is watched; use the default engine"
+        )
     stdio: dict[str, Any] = {
         "stdin": request.stdin,
         "stdout": request.stdout,
@@ -216,40 +274,56 @@ async def open_asyncio_process(
         **options,
     }
     await anyio.lowlevel.checkpoint_if_cancelled()
-    try:
-        # Shielded: cancelled half-way, asyncio kills the child and awaits its
-        # exit, but anyio keeps cancelling that await too, and the transport and
-        # the child are left behind. So the spawn completes, and a cancellation
-        # that came meanwhile stops the child below.
-        with anyio.CancelScope(shield=True):
+
+    async def start() -> AsyncioProcess:
+        try:
             if isinstance(request.args, (str, bytes)):
                 transport, protocol = await loop.subprocess_shell(factory, request.args, **stdio)
             else:
                 transport, protocol = await loop.subprocess_exec(factory, *request.args, **stdio)
-    except OSError as exc:
-        if exc.filename is not None or exc.errno is None:
-            raise
-        # uvloop's errors do not say what was missing; Popen's do.
-        cwd = request.popen_kwargs.get("cwd")
-        if cwd is not None and not os.path.isdir(cwd):  # noqa: ASYNC240 - error path only
-            culprit = cwd
-        else:
-            culprit = request.args if request.shell else request.args[0]
-        raise type(exc)(exc.errno, exc.strerror, culprit) from exc
-    process = AsyncioProcess(
-        command,
-        transport,
-        protocol,
-        leads_group=request.leads_group,
-        grace=grace,
-        deliver_cancel=deliver_cancel,
-    )
+        except OSError as exc:
+            if exc.filename is not None or exc.errno is None:
+                raise
+            # uvloop's errors do not say what was missing; Popen's do.
+            cwd = request.popen_kwargs.get("cwd")
+            if cwd is not None and not os.path.isdir(cwd):  # noqa: ASYNC240 - error path only
+                culprit = cwd
+            else:
+                culprit = request.args if request.shell else request.args[0]
+            raise type(exc)(exc.errno, exc.strerror, culprit) from exc
+        return AsyncioProcess(
+            command,
+            transport,
+            protocol,
+            leads_group=request.leads_group,
+            grace=grace,
+            deliver_cancel=deliver_cancel,
+        )
+
+    # Run to completion: cancelled half-way, asyncio kills the child and awaits
+    # its exit, but a cancellation keeps cancelling that await too, and the
+    # transport and the child are left behind. So the spawn completes, and a
+    # cancellation that came meanwhile (anyio's or a plain Task.cancel()) stops
+    # the child before it goes on.
+    process = await run_to_completion(start, undo=_stop)
     try:
         await anyio.lowlevel.checkpoint_if_cancelled()
     except BaseException:
         await process.stop()
         raise
     return process
+
+
+def _asyncio_watches_by_pidfd() -> bool:
+    """Whether asyncio's own child watcher is its pidfd one (3.12 on, where pidfd works)."""
+    from asyncio import unix_events
+
+    can_use_pidfd = getattr(unix_events, "can_use_pidfd", None)
+    return can_use_pidfd is not None and bool(can_use_pidfd())
+
+
+async def _stop(process: AsyncioProcess) -> None:
+    await process.stop()
 
 
 def _uvloop_options(options: dict[str, Any]) -> dict[str, Any]:

@@ -9,6 +9,7 @@ from ``_watcher`` awaited like any other.
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import selectors
 import warnings
@@ -29,6 +30,7 @@ if TYPE_CHECKING:
 __all__ = ["NativeProcess", "drain"]
 
 _EXIT_WAIT_WITHOUT_LOOP = 1.0  # seconds
+_DRAIN_PER_ROUND = 1 << 20  # bytes read from one pipe before the loop gets a turn
 
 
 class NativeProcess(Process):
@@ -57,6 +59,7 @@ class NativeProcess(Process):
         self._exit_watch = backend.watch(self._child.exit_fd)
         self._watching = False  # a task is waiting on the exit fd
         self._watch_ended: anyio.Event | None = None  # what the other waiters wait on
+        self._on_release: Callable[[], None] | None = None  # set by a waiting communicate()
 
     @property
     def pid(self) -> int:
@@ -103,20 +106,31 @@ class NativeProcess(Process):
 
     def _collect_status(self) -> None:
         """The child has exited: learn its status, and let it go unless it anchors a group."""
-        self._child.wait_status()
-        if not self._child.anchors_group:
-            self._release()
+        try:
+            self._child.wait_status()
+        finally:  # a warning raised as an error comes after the status is stored
+            if not self._child.anchors_group and self._child.returncode is not None:
+                self._release()
 
     async def _communicate(
         self, input: bytes | bytearray | memoryview | None, *, feed_stdin: bool
     ) -> tuple[bytes | None, bytes | None]:
         """Here every pipe and the exit fd go into one selector (epoll, kqueue),
         and the event loop waits on the selector's own fd: one task and one wait
-        per round, where a task per pipe would cost a task switch each."""
-        self._check_communicate(input)
+        per round, where a task per pipe would cost a task switch each.
+
+        The kernel drops a closed fd from the selector without a word, so
+        whoever closes one tells us: a stream closed by another task closes the
+        selector's watch, which wakes this with ``ClosedResourceError``; the
+        child released by another task (after its exit) takes its exit fd out."""
+        if feed_stdin:
+            pending = self._pending_input(input)
+        else:
+            pending = None
+            self._check_communicate(input)
         stdin = self._stdin if feed_stdin else None
         if stdin is not None and stdin.closed:
-            stdin = None  # already closed, and no input (checked above): as good as done
+            stdin = None  # already closed, and no input left (checked above): as good as done
         stdout, stderr = self._stdout, self._stderr
         streams: list[FdSendStream | FdReceiveStream] = [
             stream for stream in (stdin, stdout, stderr) if stream is not None
@@ -127,44 +141,61 @@ class NativeProcess(Process):
         if not hasattr(selector, "fileno"):  # poll() or select(): no fd to wait on
             selector.close()
             return await super()._communicate(input, feed_stdin=feed_stdin)
-        received: dict[FdReceiveStream, list[bytes]] = {}
+        # BytesIO, not a list joined at the end: it grows by realloc (mremap for
+        # large sizes, no copy) and getvalue() hands over its buffer as it is,
+        # where joining a GiB of chunks stalled the loop for a second.
+        received: dict[FdReceiveStream, io.BytesIO] = {}
         watch = self._backend.watch(selector.fileno())
         try:
             for stream in streams:
                 stream._busy = True
+                stream.wakes_on_close = watch
                 if stream._blocking:
                     stream._make_nonblocking()
             if stdin is not None:
-                if input:
+                if pending is not None and pending.rest:
                     selector.register(stdin._fd, selectors.EVENT_WRITE, stdin)
                 else:
+                    stdin.wakes_on_close = None
                     stdin.close()
             for reader in (stdout, stderr):
                 if reader is not None:
-                    received[reader] = [bytes(reader._pending)]
+                    received[reader] = io.BytesIO()
+                    received[reader].write(reader._pending)
                     reader._pending.clear()
                     selector.register(reader._fd, selectors.EVENT_READ, reader)
             exit_fd = -1
             if self._child.returncode is None:
                 exit_fd = self._child.exit_fd
                 selector.register(exit_fd, selectors.EVENT_READ)
-            pending = memoryview(input or b"").cast("B")
+
+                def forget_exit() -> None:
+                    # Released by another task (it waited, so the child is gone):
+                    # the pidfd is about to close, which epoll would not report.
+                    with contextlib.suppress(KeyError):
+                        selector.unregister(exit_fd)
+                    if not selector.get_map():
+                        watch.close()
+
+                self._on_release = forget_exit
             while True:
                 for key, _ in selector.select(0):
                     stream = key.data
                     if stream is None:  # the exit fd: the child is gone
                         selector.unregister(key.fd)
                     elif isinstance(stream, FdReceiveStream):
-                        chunks = received[stream]
-                        start = len(chunks)
-                        at_eof = drain(stream._fd, chunks)
-                        stream.count_received(sum(map(len, chunks[start:])))
+                        buffer = received[stream]
+                        start = buffer.tell()
+                        at_eof = drain(stream._fd, buffer, _DRAIN_PER_ROUND)
+                        stream.count_received(buffer.tell() - start)
                         if at_eof:
                             selector.unregister(key.fd)
                     else:
-                        pending = _fill(stream._fd, pending)
-                        if not pending:
+                        assert pending is not None
+                        pending.rest = _fill(stream._fd, pending.rest)
+                        if not pending.rest:
                             selector.unregister(key.fd)
+                            stream.wakes_on_close = None
                             stream.close()
                 registered = selector.get_map()
                 if not registered:
@@ -174,20 +205,27 @@ class NativeProcess(Process):
                 only_exit_left = len(registered) == 1 and exit_fd in registered
                 if only_exit_left and self._child.poll() is not None:
                     break
-                await watch.wait_readable()
+                try:
+                    await watch.wait_readable()
+                except anyio.ClosedResourceError:
+                    if selector.get_map():
+                        raise  # a stream was closed under us: anyio's rule
+                    break  # the child was released after its exit, and all was read
         except BaseException:
-            for reader, chunks in received.items():
-                reader._pending[0:0] = b"".join(chunks)
+            for reader, buffer in received.items():
+                reader._pending[0:0] = buffer.getvalue()
             raise
         finally:
+            self._on_release = None
             watch.close()
             selector.close()
             for stream in streams:
                 stream._busy = False
+                stream.wakes_on_close = None
         if self._child.returncode is None:
             self._collect_status()
-        output = b"".join(received[stdout]) if stdout is not None else None
-        errors = b"".join(received[stderr]) if stderr is not None else None
+        output = received[stdout].getvalue() if stdout is not None else None
+        errors = received[stderr].getvalue() if stderr is not None else None
         return output, errors
 
     def _signal(self, sig: int, group: bool) -> None:
@@ -204,7 +242,9 @@ class NativeProcess(Process):
         try:
             await self._wait_for_exit()
         except Exception as exc:  # not into the loop: trio would take it for its own bug
-            warnings.warn(f"failed to wait for {self!r}: {exc!r}", RuntimeWarning, stacklevel=1)
+            self._reap_without_loop()  # the cleanup first: the warning may be raised as an error
+            with contextlib.suppress(Warning):
+                warnings.warn(f"failed to wait for {self!r}: {exc!r}", RuntimeWarning, stacklevel=1)
 
     def _reap_without_loop(self) -> None:
         # The child is in os._exit(), so its exit is a moment away: wait for it
@@ -212,48 +252,66 @@ class NativeProcess(Process):
         # and past it leave the child to the orphan list rather than hang. Once
         # the child is reaped and released, this does nothing.
         child = self._child
-        if child.poll() is None:
-            with contextlib.suppress(OSError, RuntimeError), selectors.DefaultSelector() as exits:
-                exits.register(child.exit_fd, selectors.EVENT_READ)
-                exits.select(_EXIT_WAIT_WITHOUT_LOOP)
-            child.poll()
-        self._release()
+        try:
+            if child.poll() is None:
+                with (
+                    contextlib.suppress(OSError, RuntimeError),
+                    selectors.DefaultSelector() as exits,
+                ):
+                    exits.register(child.exit_fd, selectors.EVENT_READ)
+                    exits.select(_EXIT_WAIT_WITHOUT_LOOP)
+                child.poll()
+        finally:
+            self._release()
 
     def _release(self) -> None:
         self._exit_watch.close()
+        on_release, self._on_release = self._on_release, None
+        if on_release is not None:
+            on_release()
         self._child.release()
 
     def __del__(self) -> None:
-        # Dropped without aclose(): free what we hold without touching an event
-        # loop (it may be closed by now). A child still running joins the orphan
-        # list and is reaped later, so it cannot stay a zombie.
+        # Dropped without aclose(). A finalizer may run inside any call, even one
+        # holding the watcher's locks, so it takes none: the child is handed to the
+        # next safe point, which reaps it (or, still running, orphans it), and
+        # returncode is read as it is, not polled. The warning comes after that.
         child = getattr(self, "_child", None)
         if child is None:
             return
-        running = child.poll() is None
+        _watcher.release_later(child)
+        running = child.returncode is None
         streams = (self._stdin, self._stdout, self._stderr)
         open_pipes = [s for s in streams if s is not None and s._fd >= 0]
         if running or open_pipes:
+            # Not repr(self): its returncode polls, under the child's lock.
+            name = f"<{type(self).__name__} pid={child.pid} returncode={child.returncode} ..>"
             warnings.warn(
-                f"{self!r} was dropped while {'running' if running else 'its pipes were open'}; "
+                f"{name} was dropped while {'running' if running else 'its pipes were open'}; "
                 "use 'async with' or 'await process.aclose()'",
                 ResourceWarning,
                 stacklevel=1,
                 source=self,
             )
-        child.release()
 
 
-def drain(fd: int, chunks: list[bytes]) -> bool:
-    """Read what ``fd`` has; return whether it reached EOF."""
-    while True:
+def drain(fd: int, chunks: list[bytes] | io.BytesIO, limit: int = -1) -> bool:
+    """Read what ``fd`` has (at most ``limit`` bytes, if >= 0); return whether it reached EOF.
+
+    A writer as fast as we read never lets the pipe run dry: the limit is what
+    lets the event loop run between rounds.
+    """
+    put = chunks.append if isinstance(chunks, list) else chunks.write
+    while limit:
         try:
             data = os.read(fd, _CHUNK)
         except BlockingIOError:
             return False
         if not data:
             return True
-        chunks.append(data)
+        put(data)
+        limit = max(limit - len(data), 0) if limit > 0 else -1
+    return False
 
 
 def _fill(fd: int, data: memoryview) -> memoryview:

@@ -11,13 +11,15 @@ from __future__ import annotations
 
 import math
 import signal
-import warnings
 from abc import ABC, abstractmethod
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import anyio
 import anyio.abc
-from anyio import CancelScope, create_task_group, move_on_after
+from anyio import create_task_group, move_on_after
+
+from .._backends import run_to_completion
+from ._streams import PendingInput
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Generator
@@ -66,6 +68,7 @@ class Process(anyio.abc.Process):
         self._leads_group = leads_group
         self._grace = grace
         self._deliver_cancel = deliver_cancel
+        self._input: PendingInput | None = None  # given to communicate(), and how far it got
 
     def __repr__(self) -> str:
         name = type(self).__name__
@@ -126,8 +129,14 @@ class Process(anyio.abc.Process):
 
         As ``Popen.communicate()``: returns ``(stdout, stderr)``, ``None`` for a
         stream that is not a pipe. Reading and writing go on together, so a
-        child that answers while it is fed cannot deadlock. If this is
-        cancelled, what was read stays in the streams for the next read.
+        child that answers while it is fed cannot deadlock.
+
+        If this is cancelled, what was read stays in the streams for the next
+        read, and how far ``input`` got is remembered: call ``communicate()``
+        again, without input (or with the same input), and the rest of it is
+        written, as ``Popen.communicate()`` resumes. Other input on a retry is
+        a ``ValueError``. If another task closes the pipes meanwhile (``aclose()``,
+        ``stop()``), this raises ``ClosedResourceError``.
         """
         return await self._communicate(input, feed_stdin=True)
 
@@ -136,7 +145,8 @@ class Process(anyio.abc.Process):
     ) -> tuple[bytes | None, bytes | None]:
         """:meth:`communicate`; ``feed_stdin=False`` leaves stdin alone (``run_process``
         without ``input``, where the caller may feed it through ``TaskGroup.start()``)."""
-        self._check_communicate(input)
+        pending = self._pending_input(input) if feed_stdin else None
+        self._check_communicate(None if feed_stdin else input)
         stdin = self.stdin if feed_stdin and not (self.stdin and self.stdin.closed) else None
         stdout, stderr = self.stdout, self.stderr
         output: bytes | None = None
@@ -145,15 +155,44 @@ class Process(anyio.abc.Process):
         async def read_stderr(stream: PipeReceiveStream) -> None:
             errors.append(await stream.read_all())
 
-        async with create_task_group() as tg:
-            if stdin is not None:
-                tg.start_soon(_feed, stdin, input)
-            if stderr is not None:
-                tg.start_soon(read_stderr, stderr)
-            if stdout is not None:
-                output = await stdout.read_all()
+        try:
+            async with create_task_group() as tg:
+                if stdin is not None:
+                    tg.start_soon(_feed, stdin, pending)
+                if stderr is not None:
+                    tg.start_soon(read_stderr, stderr)
+                if stdout is not None:
+                    output = await stdout.read_all()
+        except BaseExceptionGroup as group:
+            # Closed by another task: one ClosedResourceError, as the native engine gives.
+            _, others = group.split(anyio.ClosedResourceError)
+            if others is None:
+                raise anyio.ClosedResourceError from group
+            raise
         await self.wait()
         return output, errors[0] if stderr is not None else None
+
+    def _pending_input(self, input: bytes | bytearray | memoryview | None) -> PendingInput | None:
+        """What ``communicate()`` has to write: the rest of the input of an earlier,
+        cancelled call, or ``input``. Checks ``input`` and the streams."""
+        earlier = self._input
+        if earlier is None:
+            self._check_communicate(input)
+            if input is None:
+                return None
+            self._input = PendingInput(input)
+            return self._input
+        if input is not None and not earlier.same(input):
+            raise ValueError(
+                "communicate() was already given other input, and resumes it: call it again "
+                "without input (or with the same input)"
+            )
+        if earlier.rest and self.stdin is not None and self.stdin.closed:
+            raise anyio.ClosedResourceError(
+                f"{len(earlier.rest)} bytes of input are left, but stdin is closed"
+            )
+        self._check_communicate(None)
+        return earlier
 
     def _check_communicate(self, input: object) -> None:
         if input is not None:
@@ -212,20 +251,34 @@ class Process(anyio.abc.Process):
         child leads one), wait ``grace`` seconds (default: the ``grace`` given to
         ``open_process``), then send SIGKILL. Once the child is gone, whatever is
         left in its process group gets SIGKILL too.
+
+        If ``deliver_cancel`` raises, the child gets SIGKILL at once; once it is
+        reaped and its pipes closed, the exception is raised from here as it is,
+        not wrapped (what led to the stop, if anything, is its ``__context__``).
+
+        Shielded from plain asyncio cancellation too (``Task.cancel()``,
+        ``asyncio.timeout``): the sequence runs to its end in a task of its own,
+        and the cancellation is delivered after it.
         """
         grace = self._grace if grace is None else check_grace(grace)
-        with CancelScope(shield=True):
-            if self.stdin is not None:
-                await self.stdin.aclose()
-            if self.returncode is None:
-                if self._deliver_cancel is None:
-                    await self._terminate_then_kill(grace)
-                else:
-                    await self._run_deliver_cancel(self._deliver_cancel)
-            if self._leads_group:
-                self._signal(signal.SIGKILL, True)
-            self._close_streams()
-            self._release()
+        failure = await run_to_completion(lambda: self._stop(grace))
+        if failure is not None:
+            raise failure
+
+    async def _stop(self, grace: float) -> BaseException | None:
+        if self.stdin is not None:
+            await self.stdin.aclose()
+        failure = None
+        if self.returncode is None:
+            if self._deliver_cancel is None:
+                await self._terminate_then_kill(grace)
+            else:
+                failure = await self._run_deliver_cancel(self._deliver_cancel)
+        if self._leads_group:
+            self._signal(signal.SIGKILL, True)
+        self._close_streams()
+        self._release()
+        return failure
 
     async def __aexit__(
         self,
@@ -251,24 +304,29 @@ class Process(anyio.abc.Process):
 
     async def _run_deliver_cancel(
         self, deliver_cancel: Callable[[Process], Awaitable[object]]
-    ) -> None:
-        # As in trio's run_process: the hook runs while we wait for the exit, and
-        # is cancelled once the child is gone. If it fails, the child is killed.
+    ) -> BaseException | None:
+        """Run the hook while waiting for the exit, as trio's ``run_process`` does, and
+        cancel it once the child is gone. If it fails, the child is killed at once and
+        the error returned, for :meth:`stop` to raise once the child is reaped."""
+        cancelled = anyio.get_cancelled_exc_class()
+        exited = False
+        failures: list[BaseException] = []
+
         async def deliver() -> None:
             try:
                 await deliver_cancel(self)
-            except Exception as exc:
-                warnings.warn(
-                    f"deliver_cancel failed on {self!r} ({exc!r}); killing it instead",
-                    RuntimeWarning,
-                    stacklevel=1,
-                )
+            except BaseException as exc:
+                if exited and isinstance(exc, cancelled):
+                    raise  # ours: the child is gone
+                failures.append(exc)
                 self._signal(signal.SIGKILL, self._leads_group)
 
         async with create_task_group() as tg:
             tg.start_soon(deliver)
             await self._wait_for_exit()
+            exited = True
             tg.cancel_scope.cancel()
+        return failures[0] if failures else None
 
     def _close_streams(self) -> None:
         for stream in (self.stdin, self.stdout, self.stderr):
@@ -276,16 +334,17 @@ class Process(anyio.abc.Process):
                 stream.close()
 
 
-async def _feed(stdin: PipeSendStream, data: bytes | bytearray | memoryview | None) -> None:
-    """Write ``data`` (if any) and close stdin. A child may exit without reading
-    all of it; ``communicate()`` ignores that too."""
-    try:
-        if data:
-            await stdin.send(data)  # type: ignore[arg-type]
-    except anyio.BrokenResourceError:
-        pass
-    finally:
-        await stdin.aclose()
+async def _feed(stdin: PipeSendStream, pending: PendingInput | None) -> None:
+    """Write what is left of the input (if any) and close stdin. A child may exit
+    without reading all of it; ``communicate()`` ignores that too. Cancelled,
+    stdin stays open and ``pending`` tells how far it got, for a retry."""
+    if pending is not None:
+        try:
+            await stdin._send_pending(pending)
+        except anyio.BrokenResourceError:
+            pending.rest = pending.rest[:0]
+    stdin.close()
+    await anyio.lowlevel.checkpoint()
 
 
 ProcessT = TypeVar("ProcessT", bound=Process)

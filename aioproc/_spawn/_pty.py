@@ -10,9 +10,10 @@ Spawning, on Linux: ``os.posix_spawn`` with ``setsid`` and an ``open()`` of the
 slave's path as the child's fd 0. glibc runs ``setsid`` before the file
 actions, and Linux makes a tty opened by a session leader without one its
 controlling terminal, so there is no ``preexec_fn`` and no fork of this process.
-Options that ``posix_spawn`` cannot carry (``cwd``, ``user``, ``group``,
-``extra_groups``, ``umask``, ``pass_fds``, ``die_with_parent``) and other
-systems go through ``Popen`` with ``start_new_session=True`` and a
+``cwd`` goes through glibc's ``posix_spawn`` by ctypes (``os.posix_spawn``
+has no ``chdir`` action). Options that ``posix_spawn`` cannot carry (``user``,
+``group``, ``extra_groups``, ``umask``, ``pass_fds``, ``die_with_parent``), and
+other systems, go through ``Popen`` with ``start_new_session=True`` and a
 ``preexec_fn`` doing ``TIOCSCTTY``, which makes Popen fork instead of vfork.
 
 The end of the output: once every slave fd is closed, Linux answers reads of
@@ -228,6 +229,15 @@ class Terminal:
         rows, cols = termios.tcgetwinsize(self._fd())
         return rows, cols
 
+    @property
+    def echo(self) -> bool:
+        """Whether the terminal echoes input now: ``False`` while a password is read.
+
+        Programs that read a password (getpass, ssh, sudo) turn echo off first,
+        so this tells a password prompt from another (pexpect's ``waitnoecho``).
+        """
+        return bool(termios.tcgetattr(self._fd())[3] & termios.ECHO)
+
     def resize(self, rows: int, cols: int) -> None:
         """Set the window size (``TIOCSWINSZ``); the child's foreground group gets SIGWINCH."""
         _check_size(rows, cols)
@@ -250,7 +260,7 @@ class Terminal:
                     stream._make_nonblocking()
                 if os.write(fd, vintr) == 1:
                     return
-        except OSError:
+        except (termios.error, OSError):  # full (EAGAIN), or the child has let go of it
             pass
         self._signal_foreground(signal.SIGINT)
 
@@ -283,8 +293,17 @@ class Terminal:
 
 
 class _Master(PtyReceiveStream):
+    """The process's ``stdout``: closing it closes the terminal, which hangs up the child."""
+
+    _typing: PtySendStream | None = None  # stdin, a dup of this fd
+
     def fileno_or_closed(self) -> int:
         return self._fd
+
+    def close(self) -> None:
+        super().close()
+        if self._typing is not None:
+            self._typing.close()  # our last fd of the master: the kernel hangs up
 
 
 class PtyProcess(NativeProcess):
@@ -292,7 +311,8 @@ class PtyProcess(NativeProcess):
 
     Stopping (an error or cancellation leaving ``async with``, or ``stop()``):
     the EOF character, ``grace`` seconds, a hang-up (SIGHUP and SIGCONT to the
-    child's session, as the kernel sends when a terminal goes away), ``grace``
+    child's group and the terminal's foreground group, as the kernel sends when
+    a terminal goes away), ``grace``
     seconds, SIGKILL. The output is read and dropped meanwhile, so a child
     blocked writing to a full terminal can go on and exit. The child is reaped
     before the master is closed.
@@ -339,7 +359,7 @@ class PtyProcess(NativeProcess):
             for stream in streams:
                 stream.close()
             raise
-        self._stdin = self._typing = stdin
+        self._stdin = self._typing = self._master._typing = stdin
         self._stdout = self._master
         self.pty = Terminal(self, name)
 
@@ -405,13 +425,25 @@ class PtyProcess(NativeProcess):
         with anyio.move_on_after(grace):
             await self._wait_dropping_output()
         if self.returncode is None:
-            self._signal(signal.SIGHUP, True)
-            self._signal(signal.SIGCONT, True)
+            self._hang_up()
             with anyio.move_on_after(grace):
                 await self._wait_dropping_output()
         if self.returncode is None:
             self._signal(signal.SIGKILL, True)
             await self._wait_for_exit()
+
+    def _hang_up(self) -> None:
+        """SIGHUP then SIGCONT to the child's group and the terminal's foreground group,
+        as the kernel sends them when a terminal goes away (the master stays open)."""
+        try:
+            foreground = os.tcgetpgrp(self._master._fd)
+        except OSError:
+            foreground = -1
+        for sig in (signal.SIGHUP, signal.SIGCONT):
+            self._signal(sig, True)
+            if foreground > 0 and foreground != self.pid:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(foreground, sig)
 
     async def _wait_dropping_output(self) -> None:
         """Wait for the exit while reading (and dropping) the output, when nobody else reads it."""
@@ -433,7 +465,7 @@ class PtyProcess(NativeProcess):
 # -- spawning -------------------------------------------------------------------------
 
 # What posix_spawn cannot do; any of these sends the spawn through Popen.
-_POPEN_ONLY = ("cwd", "user", "group", "extra_groups", "umask", "pass_fds", "preexec_fn")
+_POPEN_ONLY = ("user", "group", "extra_groups", "umask", "pass_fds", "preexec_fn")
 # Reset to their default in the child: Popen's restore_signals (SIGPIPE, SIGXFSZ),
 # and the terminal's own, which a parent started in the background may ignore.
 _SIGNAL_NAMES = "SIGPIPE SIGXFSZ SIGINT SIGQUIT SIGHUP SIGTSTP SIGTTIN SIGTTOU"
@@ -523,7 +555,11 @@ def _spawn(request: SpawnRequest, pty: Pty, to_terminal: bool) -> tuple[int, int
             ours.append(stderr_ours)
             theirs.append(stderr)
         kwargs = request.popen_kwargs
-        if _FAST_PATH and not any(kwargs.get(key) for key in _POPEN_ONLY):
+        if (
+            _FAST_PATH
+            and not any(kwargs.get(key) for key in _POPEN_ONLY)
+            and (kwargs.get("cwd") is None or _LibcSpawn.get() is not None)
+        ):
             pid = _posix_spawn(request, name, to_terminal, stderr)
         else:
             pid = _popen(request, slave, slave if to_terminal else stderr)
@@ -598,14 +634,118 @@ def _posix_spawn(request: SpawnRequest, name: str, to_terminal: bool, stderr: An
     actions.append((os.POSIX_SPAWN_DUP2, 0, 1))
     if to_terminal:
         actions.append((os.POSIX_SPAWN_DUP2, 0, 2))
+    cwd = request.popen_kwargs.get("cwd")
     try:
+        if cwd is not None:
+            libc = _LibcSpawn.get()
+            assert libc is not None
+            return libc.spawn(program, args, env, actions, os.fsdecode(cwd))
         return os.posix_spawn(
             program, args, env, file_actions=actions, setsid=True, setsigdef=_DEFAULT_SIGNALS
         )
     except OSError as exc:
         if exc.filename is None:
-            exc.filename = args[0]
+            missing = cwd is not None and not os.path.isdir(cwd)
+            exc.filename = cwd if missing else args[0]
         raise
+
+
+class _LibcSpawn:
+    """glibc's ``posix_spawn`` through ctypes, for a spawn with ``cwd``.
+
+    ``os.posix_spawn`` has no ``chdir`` action; glibc has had
+    ``posix_spawn_file_actions_addchdir_np`` since 2.29. Without it (another
+    libc, an older glibc), ``cwd`` goes through Popen and a fork.
+    """
+
+    _SETSIGDEF = 0x04  # POSIX_SPAWN_SETSIGDEF, glibc
+    _SETSID = 0x80  # POSIX_SPAWN_SETSID, glibc
+    _instance: _LibcSpawn | None = None
+    _tried = False
+
+    @classmethod
+    def get(cls) -> _LibcSpawn | None:
+        if not cls._tried:
+            cls._tried = True
+            try:
+                if os.confstr("CS_GNU_LIBC_VERSION"):
+                    cls._instance = cls()
+            except (AttributeError, OSError, ValueError):
+                cls._instance = None
+        return cls._instance
+
+    def __init__(self) -> None:
+        import ctypes
+
+        self._ctypes = ctypes
+        libc = ctypes.CDLL(None, use_errno=True)
+        self._spawn = libc.posix_spawn
+        self._fa_init = libc.posix_spawn_file_actions_init
+        self._fa_destroy = libc.posix_spawn_file_actions_destroy
+        self._fa_open = libc.posix_spawn_file_actions_addopen
+        self._fa_dup2 = libc.posix_spawn_file_actions_adddup2
+        self._fa_chdir = libc.posix_spawn_file_actions_addchdir_np
+        self._attr_init = libc.posix_spawnattr_init
+        self._attr_destroy = libc.posix_spawnattr_destroy
+        self._attr_flags = libc.posix_spawnattr_setflags
+        self._attr_sigdefault = libc.posix_spawnattr_setsigdefault
+        self._sigemptyset = libc.sigemptyset
+        self._sigaddset = libc.sigaddset
+        self._fa_open.argtypes = [
+            ctypes.c_void_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_uint
+        ]  # fmt: skip
+        self._fa_dup2.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_int]
+        self._fa_chdir.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
+        self._attr_flags.argtypes = [ctypes.c_void_p, ctypes.c_short]
+        self._spawn.argtypes = [
+            ctypes.POINTER(ctypes.c_int), ctypes.c_char_p, ctypes.c_void_p, ctypes.c_void_p,
+            ctypes.POINTER(ctypes.c_char_p), ctypes.POINTER(ctypes.c_char_p),
+        ]  # fmt: skip
+
+    def spawn(
+        self, program: str, args: list[Any], env: Any, actions: list[tuple[Any, ...]], cwd: str
+    ) -> int:
+        ctypes = self._ctypes
+        # Larger than glibc's structures (80 and 336 bytes on x86-64), whatever the ABI.
+        file_actions = ctypes.create_string_buffer(1024)
+        attr = ctypes.create_string_buffer(1024)
+        sigset = ctypes.create_string_buffer(1024)
+        self._check(self._fa_init(file_actions))
+        try:
+            self._check(self._attr_init(attr))
+            try:
+                self._check(self._fa_chdir(file_actions, os.fsencode(cwd)))
+                for action in actions:
+                    if action[0] == os.POSIX_SPAWN_OPEN:
+                        _, fd, path, flags, mode = action
+                        self._check(self._fa_open(file_actions, fd, os.fsencode(path), flags, mode))
+                    else:
+                        _, fd, new_fd = action
+                        self._check(self._fa_dup2(file_actions, fd, new_fd))
+                self._sigemptyset(sigset)
+                for sig in _DEFAULT_SIGNALS:
+                    self._sigaddset(sigset, int(sig))
+                self._check(self._attr_sigdefault(attr, sigset))
+                self._check(self._attr_flags(attr, self._SETSID | self._SETSIGDEF))
+                argv = (ctypes.c_char_p * (len(args) + 1))(*map(os.fsencode, args), None)
+                pairs = [os.fsencode(key) + b"=" + os.fsencode(value) for key, value in env.items()]
+                envp = (ctypes.c_char_p * (len(pairs) + 1))(*pairs, None)
+                pid = ctypes.c_int()
+                self._check(
+                    self._spawn(
+                        ctypes.byref(pid), os.fsencode(program), file_actions, attr, argv, envp
+                    )
+                )
+                return int(pid.value)
+            finally:
+                self._attr_destroy(attr)
+        finally:
+            self._fa_destroy(file_actions)
+
+    @staticmethod
+    def _check(error: int) -> None:
+        if error:
+            raise OSError(error, os.strerror(error))
 
 
 def _popen(request: SpawnRequest, slave: int, stderr: Any) -> int:

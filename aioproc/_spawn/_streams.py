@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import io
 import os
 import threading
 import weakref
@@ -40,11 +41,12 @@ from anyio.abc import ByteReceiveStream, ByteSendStream
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
 
-    from .._backends import Backend
+    from .._backends import Backend, FdWatch
 
 __all__ = [
     "FdReceiveStream",
     "FdSendStream",
+    "PendingInput",
     "PipeReceiveStream",
     "PipeSendStream",
     "enlarge_pipe",
@@ -57,8 +59,11 @@ _LARGE_PIPE = 1 << 20
 _MAX_LARGE_PIPES = 16
 _F_SETPIPE_SZ: int | None = getattr(fcntl, "F_SETPIPE_SZ", None)  # Linux only
 
-_large_pipes = 0  # pipes enlarged by our streams and still open
-_large_pipes_lock = threading.RLock()  # re-entered if __del__ runs inside
+# The id() of each open stream that enlarged its pipe. The lock orders the
+# check-then-add between threads; giving a pipe back is a bare set.discard
+# (atomic), so that __del__, which may run inside any call, takes no lock.
+_large_pipes: set[int] = set()
+_large_pipes_lock = threading.Lock()
 
 _held: weakref.WeakSet[_FdOwner] = weakref.WeakSet()
 
@@ -78,6 +83,8 @@ class PipeReceiveStream(ByteReceiveStream):
     async def receive(self, max_bytes: int = _CHUNK) -> bytes:
         if max_bytes < 1:
             raise ValueError(f"max_bytes must be a positive integer, not {max_bytes!r}")
+        if self.closed:  # bytes read ahead go with the stream: anyio's rule
+            raise ClosedResourceError
         if self._pending:
             chunk = bytes(self._pending[:max_bytes])
             del self._pending[:max_bytes]
@@ -116,18 +123,25 @@ class PipeReceiveStream(ByteReceiveStream):
 
         If cancelled, what was read so far is kept for the next read.
         """
-        chunks = [bytes(self._pending)]
+        if self.closed:
+            raise ClosedResourceError
+        # BytesIO rather than chunks joined at the end: it grows by realloc, and
+        # getvalue() hands over its buffer without a copy (see _native).
+        buffer = io.BytesIO()
+        buffer.write(self._pending)
         self._pending.clear()
         try:
             while True:
-                chunks.append(await self._receive(_CHUNK))
+                buffer.write(await self._receive(_CHUNK))
         except EndOfStream:
-            return b"".join(chunks)
+            return buffer.getvalue()
         except BaseException:
-            self._pending[0:0] = b"".join(chunks)
+            self._pending[0:0] = buffer.getvalue()
             raise
 
     async def _readline(self) -> bytes:
+        if self.closed:
+            raise ClosedResourceError
         pending = self._pending
         searched = 0
         while True:
@@ -163,8 +177,32 @@ class _Lines:
         return line
 
 
+class PendingInput:
+    """The input given to ``communicate()``, and the part of it not yet written.
+
+    A cancelled ``communicate()`` leaves it on the process, and the next call
+    writes ``rest``, as ``Popen.communicate()`` does, rather than start over.
+    """
+
+    __slots__ = ("given", "rest")
+
+    def __init__(self, given: bytes | bytearray | memoryview) -> None:
+        self.given = memoryview(given).cast("B")
+        self.rest = self.given
+
+    def same(self, other: bytes | bytearray | memoryview) -> bool:
+        """Whether ``other`` is the input given first (a retry passing it again)."""
+        return other is self.given.obj or memoryview(other).cast("B") == self.given
+
+
 class PipeSendStream(ByteSendStream):
     """The sending end of a pipe to a child (its stdin); closing it sends EOF."""
+
+    async def _send_pending(self, pending: PendingInput) -> None:
+        """Send ``pending.rest``, moving it on as bytes are taken, so a cancelled
+        call can be resumed. This fallback counts bytes only once all went."""
+        await self.send(bytes(pending.rest))
+        pending.rest = pending.rest[:0]
 
     @property
     @abstractmethod
@@ -196,6 +234,9 @@ class _FdOwner:
         self._busy = False
         self._streak = 0
         self._large = False  # this pipe was enlarged, and counts in _large_pipes
+        # Closed, the stream wakes this too: the watch of a selector that a
+        # communicate() waits on, where the fd is registered (see _native).
+        self.wakes_on_close: FdWatch | None = None
         _held.add(self)
 
     def __repr__(self) -> str:
@@ -217,32 +258,33 @@ class _FdOwner:
     def close(self) -> None:
         if self._fd >= 0:
             self._watch.close()
+            if self.wakes_on_close is not None:
+                self.wakes_on_close.close()
+                self.wakes_on_close = None
             fd, self._fd = self._fd, -1
             _held.discard(self)
             self._forget_large_pipe()
             os.close(fd)
 
     def __del__(self) -> None:
-        # No event loop may be running now: close the fd alone. Process.__del__
-        # is the one that warns about resources left open.
+        # No event loop may be running now, and this may run inside any call:
+        # close the fd alone, taking no lock. Process.__del__ is the one that
+        # warns about resources left open.
         if getattr(self, "_fd", -1) >= 0:
             self._forget_large_pipe()
             os.close(self._fd)
 
     def _enlarge(self) -> None:
-        global _large_pipes
         with _large_pipes_lock:
-            if _large_pipes >= _MAX_LARGE_PIPES or not enlarge_pipe(self._fd):
+            if len(_large_pipes) >= _MAX_LARGE_PIPES or not enlarge_pipe(self._fd):
                 return
-            _large_pipes += 1
+            _large_pipes.add(id(self))
         self._large = True
 
     def _forget_large_pipe(self) -> None:
-        global _large_pipes
         if self._large:
             self._large = False
-            with _large_pipes_lock:
-                _large_pipes -= 1
+            _large_pipes.discard(id(self))
 
 
 class FdReceiveStream(_FdOwner, PipeReceiveStream):
@@ -305,6 +347,29 @@ class FdSendStream(_FdOwner, PipeSendStream):
         """
         await self._send(item, whole=True)
 
+    async def _send_pending(self, pending: PendingInput) -> None:
+        if self._busy:
+            raise BusyResourceError("writing to")
+        self._busy = True
+        try:
+            while pending.rest:
+                if self._fd < 0:
+                    raise ClosedResourceError
+                if self._blocking:
+                    self._make_nonblocking()
+                try:
+                    written = os.write(self._fd, pending.rest)
+                except BlockingIOError:
+                    await self._watch.wait_writable()
+                    continue
+                except BrokenPipeError as exc:
+                    raise BrokenResourceError("the child closed its end of the pipe") from exc
+                except OSError as exc:
+                    raise BrokenResourceError(f"writing to the pipe failed: {exc}") from exc
+                pending.rest = pending.rest[written:]
+        finally:
+            self._busy = False
+
     async def _send(self, item: bytes | memoryview, whole: bool) -> None:
         if self._busy:
             raise BusyResourceError("writing to")
@@ -364,8 +429,9 @@ def _close_after_fork() -> None:
     The stream objects are marked closed too, so that nothing in the child can
     close their fd numbers later, once those may belong to something else.
     """
-    global _large_pipes, _large_pipes_lock
-    _large_pipes, _large_pipes_lock = 0, threading.RLock()
+    global _large_pipes_lock
+    _large_pipes.clear()
+    _large_pipes_lock = threading.Lock()
     for stream in list(_held):
         fd, stream._fd = stream._fd, -1
         stream._large = False

@@ -11,7 +11,9 @@ The name avoids "group": a process group is something else (``process_group=0``)
 
 from __future__ import annotations
 
+import math
 import subprocess
+import traceback
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -53,6 +55,9 @@ class ChildScope:
       reaped: log there in a scope that lives long, with ``check=False`` if the
       failures should not be kept until the end. An exception from ``on_exit``
       is an error of the scope: the other children are stopped and it propagates.
+      If the block was left by an exception meanwhile, that exception still goes
+      on unchanged, and carries each error of ``on_exit`` in a note (its
+      ``__notes__``, with the error's traceback).
 
     A child is unattended, so its stdin, stdout and stderr default to
     ``DEVNULL``, and ``PIPE`` is refused: a pipe nobody reads fills at 64 KiB and
@@ -69,7 +74,10 @@ class ChildScope:
         on_exit: Callable[[Process], object] | None = None,
     ) -> None:
         if timeout is not None and (
-            isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout < 0
+            isinstance(timeout, bool)
+            or not isinstance(timeout, (int, float))
+            or math.isnan(timeout)
+            or timeout < 0
         ):
             raise ValueError(f"timeout must be a number of seconds >= 0 or None, not {timeout!r}")
         if on_exit is not None and not callable(on_exit):
@@ -111,7 +119,12 @@ class ChildScope:
             # The block's own error goes on unchanged, as from open_process's block;
             # handed to the task group, it would come out wrapped in an ExceptionGroup.
             task_group.cancel_scope.cancel()
-            await self._close(None, None, None)
+            try:
+                await self._close(None, None, None)
+            except BaseExceptionGroup as group:
+                # Errors of the scope while it stopped the children (on_exit's): the
+                # block's exception still goes on, and names them in its notes.
+                _note_errors(exc_val, group)
             return False
         if self._timeout is not None and self._running:
             self._idle = anyio.Event()
@@ -231,3 +244,21 @@ class ChildScope:
             return
         assert self._task_group is not None
         self._task_group.cancel_scope.cancel()
+
+
+def _note_errors(error: BaseException, group: BaseExceptionGroup[BaseException]) -> None:
+    """Add a note to ``error`` for each exception in ``group``, with its traceback."""
+    leaves = _leaves(group)
+    for index, found in enumerate(leaves, 1):
+        formatted = "".join(traceback.format_exception(found)).rstrip()
+        error.add_note(
+            f"While the ChildScope stopped its children after this exception, an error "
+            f"of the scope was raised ({index} of {len(leaves)}):\n{formatted}"
+        )
+
+
+def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
+    found: list[BaseException] = []
+    for exc in group.exceptions:
+        found.extend(_leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc])
+    return found

@@ -28,10 +28,19 @@ command that cannot start raises the exception ``open_process`` would raise:
 4. The caller awaits the intermediate's exit through the child watcher, reaps
    it, reads the report, and returns the pid or raises the exception.
 
-Once the intermediate exists, the rest is shielded from cancellation: the
-command may already be running, and a caller that was cancelled then would
-never learn its pid. The shielded wait lasts as long as the intermediate's
-work: a ``vfork`` and an ``exec``, then its exit.
+Paths given for stdio are opened in a worker thread before the fork: opening a
+FIFO waits for its other end, and the loop must not wait with it.
+
+Once the intermediate exists, the rest (reaping it, reading the report, writing
+the pid file) must finish: the command may already be running, and a caller
+that was cancelled then would never learn its pid. anyio's and trio's
+cancellations are held off by a shielded scope, and arrive once ``detach`` has
+returned. A plain asyncio cancellation (``Task.cancel()``, ``asyncio.wait_for``)
+gets through any shield, so on asyncio that part runs in a task of its own
+(``_to_the_end``), which the caller waits for; it then raises the cancellation.
+The command is then tracked by its pid file, or killed if it has none: no
+command runs on that nobody can know the pid of. That wait lasts as long as
+the intermediate's work: a ``vfork`` and an ``exec``, then its exit.
 
 The price of the double fork is the fork of this whole process: ``detach``
 returns the pid after 3 to 4 ms with a small heap and 10 to 12 ms at 200 MB,
@@ -46,16 +55,19 @@ import contextlib
 import os
 import pickle
 import signal
+import stat
 import subprocess
 import tempfile
-from collections.abc import Mapping, Sequence
+import threading
+from collections.abc import Iterator, Mapping, Sequence
 from typing import IO, TYPE_CHECKING, Any, NoReturn, TypeAlias
 
-from anyio import CancelScope
+from anyio import to_thread
 
 from .. import _watcher
 from .._backends import current_backend
 from .._spawn import SpawnRequest, StrOrBytesPath, check_file
+from ._to_the_end import run_to_the_end
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -132,7 +144,22 @@ async def detach(
 
     A command that cannot start raises here what :func:`open_process` raises:
     ``FileNotFoundError`` naming the program or the ``cwd``, ``PermissionError``
-    for a file that is not executable.
+    for a file that is not executable. A stdio path or pid file that cannot be
+    opened raises the ``OSError`` naming that path, as given.
+
+    Paths are opened without blocking the event loop: a FIFO waits for its other
+    end, and a deadline or a cancellation meanwhile abandons the open, leaving
+    no fd and starting nothing.
+
+    Cancelled once the command may run: by anyio or trio, ``detach`` still
+    returns the pid, and the cancellation arrives at the next checkpoint. By a
+    plain asyncio ``Task.cancel()`` (``asyncio.wait_for``, ``asyncio.timeout``),
+    which no shield holds off, ``CancelledError`` is raised once the pid is
+    known: with ``pid_file`` the command runs on, and its pid file is written;
+    without, it is killed, since nobody could learn its pid.
+
+    Glibc's reserved signals 32 and 33 cannot be reset from Python: if this
+    process ignores them (inherited through ``exec``), so does the command.
     """
     for name, value in (("stdin", stdin), ("stdout", stdout), ("stderr", stderr)):
         if isinstance(value, int) and value == subprocess.PIPE:
@@ -157,32 +184,77 @@ async def detach(
     await backend.checkpoint_if_cancelled()
     pending_pid_file = None if pid_file is None else _PidFile(pid_file)
     try:
-        pid = await _double_fork(request, backend, stdin, stdout, stderr)
+        stdio, opened = await _open_paths(stdin, stdout, stderr)
+        try:
+            intermediate, report_fd = _fork_intermediate(request, stdio)
+        finally:
+            for fd in opened:
+                os.close(fd)
+        # From here on the command may run: the rest must finish whatever cancels us,
+        # or a command would run that nobody knows the pid of.
+        pid, cancelled = await run_to_the_end(
+            backend, _finish(request, backend, intermediate, report_fd, pending_pid_file)
+        )
+        if cancelled is not None:
+            if pid is not None and pending_pid_file is None:
+                # Cancelled by plain asyncio (Task.cancel(), wait_for): we cannot return
+                # the pid, and no pid file tracks the command, so it must not run on.
+                # Its pid cannot have been reused: it was running a moment ago.
+                os.kill(pid, signal.SIGKILL)
+            raise cancelled
+    finally:
         if pending_pid_file is not None:
+            pending_pid_file.discard()
+    assert pid is not None
+    return DetachedProcess(pid, command, pid_file)
+
+
+async def _finish(
+    request: SpawnRequest,
+    backend: Backend,
+    intermediate: int,
+    report_fd: int,
+    pid_file: _PidFile | None,
+) -> int:
+    """Reap the intermediate, learn the pid, write the pid file: the part that must end.
+
+    Even if the wait is interrupted (the loop shutting down cancels every task,
+    a KeyboardInterrupt), it ends: the intermediate is then reaped blocking,
+    which lasts no longer than the rest of its work (a ``vfork`` and an ``exec``),
+    and the command is either tracked by its pid file or killed.
+    """
+    interrupted: BaseException | None = None
+    try:
+        try:
+            await _reap(intermediate, backend)
+        except BaseException as exc:  # reaped all the same: see _reap
+            interrupted = exc
+        try:
+            pid = _learn_pid(request, intermediate, report_fd)
+        except Exception:
+            if interrupted is not None:
+                raise interrupted from None  # nothing runs: the interruption matters more
+            raise
+        if pid_file is not None:
             try:
-                pending_pid_file.commit(pid)
+                pid_file.commit(pid)
             except BaseException:
                 # The caller asked for a tracked command: an untracked one would be worse.
                 # Its pid cannot have been reused: it was running a moment ago.
                 os.kill(pid, signal.SIGKILL)
                 raise
+        if interrupted is not None:
+            if pid_file is None:  # nobody would learn its pid
+                os.kill(pid, signal.SIGKILL)
+            raise interrupted
+        return pid
     finally:
-        if pending_pid_file is not None:
-            pending_pid_file.discard()
-    return DetachedProcess(pid, command, pid_file)
+        interrupted = None  # no reference cycle through the traceback
 
 
-async def _double_fork(
-    request: SpawnRequest,
-    backend: Backend,
-    stdin: DetachFile,
-    stdout: DetachFile,
-    stderr: DetachFile,
-) -> int:
-    intermediate, report_fd = _fork_intermediate(request, stdin, stdout, stderr)
+def _learn_pid(request: SpawnRequest, intermediate: int, report_fd: int) -> int:
+    """Read the report of the intermediate, which has exited: the pid, or the error to raise."""
     try:
-        with CancelScope(shield=True):
-            await _reap(intermediate, backend)
         report = _read_report(report_fd)
     finally:
         os.close(report_fd)
@@ -198,38 +270,27 @@ async def _double_fork(
     return pid
 
 
-def _fork_intermediate(
-    request: SpawnRequest, stdin: DetachFile, stdout: DetachFile, stderr: DetachFile
-) -> tuple[int, int]:
+def _fork_intermediate(request: SpawnRequest, stdio: list[Any]) -> tuple[int, int]:
     """Fork the intermediate; return its pid and the read end of its report pipe."""
-    opened: list[int] = []  # fds we opened for the intermediate, closed once it is forked
+    report_read, report_write = os.pipe()
+    pass_fds = request.popen_kwargs["pass_fds"]
     try:
-        stdio = [
-            _open_path(stdin, os.O_RDONLY, opened),
-            _open_path(stdout, os.O_WRONLY | os.O_APPEND | os.O_CREAT, opened),
-            _open_path(stderr, os.O_WRONLY | os.O_APPEND | os.O_CREAT, opened),
-        ]
-        report_read, report_write = os.pipe()
-        opened.append(report_write)
-        pass_fds = request.popen_kwargs["pass_fds"]
-        try:
-            intermediate = subprocess.Popen(
-                # Never executed: the intermediate leaves through os._exit().
-                ["aioproc-detach-intermediate"],
-                stdin=stdio[0],
-                stdout=stdio[1],
-                stderr=stdio[2],
-                close_fds=True,
-                pass_fds=(report_write, *pass_fds),
-                start_new_session=True,
-                preexec_fn=_intermediate(request, report_write, {report_write, *pass_fds}),
-            )
-        except BaseException:
-            os.close(report_read)
-            raise
+        intermediate = subprocess.Popen(
+            # Never executed: the intermediate leaves through os._exit().
+            ["aioproc-detach-intermediate"],
+            stdin=stdio[0],
+            stdout=stdio[1],
+            stderr=stdio[2],
+            close_fds=True,
+            pass_fds=(report_write, *pass_fds),
+            start_new_session=True,
+            preexec_fn=_intermediate(request, report_write, {report_write, *pass_fds}),
+        )
+    except BaseException:
+        os.close(report_read)
+        raise
     finally:
-        for fd in opened:
-            os.close(fd)
+        os.close(report_write)
     # We reap it: with returncode unset, Popen.__del__ would put it on
     # subprocess._active, and the next Popen anywhere would reap it instead.
     intermediate.returncode = 0
@@ -329,13 +390,91 @@ def _is_path(value: object) -> bool:
     return isinstance(value, (str, bytes, os.PathLike))
 
 
-def _open_path(value: DetachFile, flags: int, opened: list[int]) -> Any:
-    """Open a path given for stdio; pass anything else on to Popen as it is."""
-    if not _is_path(value):
-        return value
-    fd = os.open(value, flags | os.O_CLOEXEC, 0o666)  # type: ignore[arg-type]
-    opened.append(fd)
-    return fd
+async def _open_paths(
+    stdin: DetachFile, stdout: DetachFile, stderr: DetachFile
+) -> tuple[list[Any], list[int]]:
+    """Open the paths given for stdio; return what Popen takes, and the fds we opened.
+
+    Each path is opened in a worker thread: opening a FIFO waits for its other
+    end, and a network filesystem can take its time, and the loop must not wait
+    with them. A cancelled open is abandoned, never left holding an fd (see
+    :class:`_Opening`).
+    """
+    stdio: list[Any] = []
+    opened: list[int] = []
+    flags = (
+        os.O_RDONLY,
+        os.O_WRONLY | os.O_APPEND | os.O_CREAT,
+        os.O_WRONLY | os.O_APPEND | os.O_CREAT,
+    )
+    try:
+        for value, flag in zip((stdin, stdout, stderr), flags, strict=True):
+            if _is_path(value):
+                fd = await _Opening(value, flag).run()  # type: ignore[arg-type]
+                opened.append(fd)
+                stdio.append(fd)
+            else:
+                stdio.append(value)
+    except BaseException:
+        for fd in opened:
+            os.close(fd)
+        raise
+    return stdio, opened
+
+
+class _Opening:
+    """``os.open()`` of one path in a worker thread, which a cancellation abandons.
+
+    An abandoned open that succeeds later closes its fd itself. One that waits
+    on a FIFO for the other end is released by opening that end, non-blocking,
+    and closing it again, until the thread has returned.
+    """
+
+    def __init__(self, path: StrOrBytesPath, flags: int) -> None:
+        self._path = path
+        self._flags = flags | os.O_CLOEXEC
+        self._lock = threading.Lock()
+        self._abandoned = False
+        self._returned = threading.Event()
+        self._fd = -1
+
+    async def run(self) -> int:
+        try:
+            return await to_thread.run_sync(self._open, abandon_on_cancel=True)
+        except BaseException:
+            with self._lock:
+                self._abandoned = True
+                fd, self._fd = self._fd, -1
+            if fd >= 0:
+                os.close(fd)
+            if not self._returned.is_set():
+                threading.Thread(
+                    target=self._release, name="aioproc detach: abandoned open", daemon=True
+                ).start()
+            raise
+
+    def _open(self) -> int:
+        try:
+            fd = os.open(self._path, self._flags, 0o666)
+        finally:
+            self._returned.set()
+        with self._lock:
+            if not self._abandoned:
+                self._fd = fd  # ours, even if the caller is cancelled before it gets it
+                return fd
+        os.close(fd)
+        return -1
+
+    def _release(self) -> None:
+        other_end = os.O_WRONLY if self._flags & os.O_ACCMODE == os.O_RDONLY else os.O_RDONLY
+        while not self._returned.wait(0.01):
+            try:
+                if not stat.S_ISFIFO(os.stat(self._path).st_mode):
+                    continue  # a slow filesystem: the open returns when it returns
+                fd = os.open(self._path, other_end | os.O_NONBLOCK | os.O_CLOEXEC)
+            except OSError:
+                continue
+            os.close(fd)
 
 
 class _PidFile:
@@ -348,9 +487,10 @@ class _PidFile:
     def __init__(self, path: StrOrBytesPath) -> None:
         self._path = os.fspath(path)
         directory, name = os.path.split(self._path)
-        fd, temporary = tempfile.mkstemp(
-            suffix=".tmp", prefix=f".{os.fsdecode(name)}.", dir=os.fsdecode(directory) or "."
-        )
+        with self._naming_the_pid_file():
+            fd, temporary = tempfile.mkstemp(
+                suffix=".tmp", prefix=f".{os.fsdecode(name)}.", dir=os.fsdecode(directory) or "."
+            )
         self._fd = fd
         self._temporary: str | None = temporary
         os.fchmod(fd, 0o644)  # mkstemp makes it 0o600; a pid file is for others to read
@@ -358,12 +498,23 @@ class _PidFile:
     def commit(self, pid: int) -> None:
         assert self._temporary is not None
         fd, self._fd = self._fd, -1
-        try:
-            os.write(fd, b"%d\n" % pid)
-        finally:
-            os.close(fd)
-        os.replace(self._temporary, self._path)
+        with self._naming_the_pid_file():
+            try:
+                os.write(fd, b"%d\n" % pid)
+            finally:
+                os.close(fd)
+            os.replace(self._temporary, self._path)
         self._temporary = None
+
+    @contextlib.contextmanager
+    def _naming_the_pid_file(self) -> Iterator[None]:
+        """Errors name the pid file the caller gave, not our temporary file."""
+        try:
+            yield
+        except OSError as exc:
+            if exc.errno is None:
+                raise
+            raise OSError(exc.errno, exc.strerror, self._path) from None
 
     def discard(self) -> None:
         if self._fd >= 0:

@@ -12,6 +12,12 @@ Reaping rules, each learned from an incident in a peer (``FIELD_NOTES.md`` §1):
   lock only while the return code is unset: a reaped pid may already belong to
   an unrelated process.
 * In a child made by ``os.fork()``, forget every parent's child.
+* A finalizer (``__del__``) takes no lock and does no work that could re-enter:
+  from CPython 3.12 on a collection can run right after any call, including one
+  made while this thread holds ``_registry_lock`` or a child's lock, and these
+  locks are not re-entrant. A finalizer hands its child to :func:`release_later`,
+  a bare ``deque.append``, and the next safe point releases it
+  (:func:`release_dropped`: the next spawn, or the next call into aioproc).
 
 The mechanism is chosen once per process: ``pidfd`` where it works, else
 ``kqueue`` where it exists, else ``thread``. The environment variable
@@ -25,6 +31,7 @@ import os
 import signal
 import threading
 import warnings
+from collections import deque
 from typing import Protocol
 
 from ._thread import WaiterThread
@@ -35,6 +42,9 @@ __all__ = [
     "active_children",
     "mechanism",
     "reap_orphans",
+    "release_dropped",
+    "release_later",
+    "sigchld_ignored",
     "watch",
 ]
 
@@ -59,6 +69,8 @@ _children: dict[int, Child] = {}
 # Children whose Process object was dropped while they still ran. Like
 # subprocess._active, they are polled at the next spawn so none stays a zombie.
 _orphans: set[Child] = set()
+# Children whose Process was finalized: released at the next safe point.
+_dropped: deque[Child] = deque()
 
 
 def _choose_mechanism() -> str:
@@ -161,8 +173,8 @@ class Child:
 
     def poll(self) -> int | None:
         """Learn the exit status if the child has exited, without blocking."""
-        if self.returncode is None:
-            self._collect(os.WNOHANG, keep_zombie=self.anchors_group)
+        if self.returncode is None and self._collect(os.WNOHANG, keep_zombie=self.anchors_group):
+            _warn_status_lost(self.pid)
         return self.returncode
 
     def wait_status(self) -> int:
@@ -171,8 +183,11 @@ class Child:
         It may block, as trio's does: on macOS kqueue can report the exit a moment
         before ``waitpid(WNOHANG)`` is able to see it.
         """
+        lost = False
         while self.returncode is None:
-            self._collect(0, keep_zombie=self.anchors_group)
+            lost = self._collect(0, keep_zombie=self.anchors_group)
+        if lost:
+            _warn_status_lost(self.pid)
         return self.returncode
 
     def release(self) -> None:
@@ -180,10 +195,10 @@ class Child:
 
         The caller must first wake any task waiting on ``exit_fd``.
         """
-        if not self.reaped and self.returncode is not None:
-            self._collect(0, keep_zombie=False)
-        elif not self.reaped:
-            self._collect(os.WNOHANG, keep_zombie=False)
+        lost = False
+        if not self.reaped:
+            options = 0 if self.returncode is not None else os.WNOHANG
+            lost = self._collect(options, keep_zombie=False)
         with self._lock:
             notifier, self._notifier = self._notifier, None
         if notifier is not None:
@@ -192,37 +207,83 @@ class Child:
             with _registry_lock:
                 if self.pid in _children:
                     _orphans.add(self)
+        if lost:
+            _warn_status_lost(self.pid)
 
-    def _collect(self, options: int, *, keep_zombie: bool) -> None:
+    def _collect(self, options: int, *, keep_zombie: bool) -> bool:
+        """Wait as ``options`` say; return whether the exit status turned out to be lost.
+
+        ECHILD means the child was reaped without us: by the kernel when SIGCHLD
+        is ignored, or by someone else's ``waitpid``. Its status is gone, and it
+        counts as 0, as ``subprocess`` and trio report it. The caller warns (see
+        :func:`_warn_status_lost`) once the status is stored and its own cleanup done.
+        """
+        lost = False
         with self._lock:
             if self.reaped:
-                return
+                return False
             try:
                 if keep_zombie:
                     result = os.waitid(os.P_PID, self.pid, os.WEXITED | os.WNOWAIT | options)
                     if result is None or result.si_pid == 0:
-                        return
+                        return False
                     code = result.si_status
                     self.returncode = code if result.si_code == os.CLD_EXITED else -code
-                    return
+                    return False
                 pid, status = os.waitpid(self.pid, options)
             except ChildProcessError:
-                warnings.warn(
-                    f"child {self.pid} was reaped by someone else (a waitpid(-1) or a SIGCHLD "
-                    "handler in this process?); its exit status is lost, reporting 255",
-                    RuntimeWarning,
-                    stacklevel=4,
-                )
                 status = None
+                lost = self.returncode is None
             else:
                 if pid == 0:
-                    return
+                    return False
             self.reaped = True
             if self.returncode is None:
-                self.returncode = 255 if status is None else os.waitstatus_to_exitcode(status)
+                self.returncode = 0 if status is None else os.waitstatus_to_exitcode(status)
         with _registry_lock:
             _children.pop(self.pid, None)
             _orphans.discard(self)
+        return lost
+
+
+class _GoneNotifier:
+    """The notifier of a child reaped before it could be watched: readable at once."""
+
+    __slots__ = ("_fd",)
+
+    def __init__(self) -> None:
+        self._fd, write_fd = os.pipe()
+        os.close(write_fd)  # EOF: readable
+
+    def fileno(self) -> int:
+        return self._fd
+
+    def send_signal(self, sig: int) -> None:
+        pass  # the pid is no longer ours: never signal it
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+    close_after_fork = close
+
+
+def sigchld_ignored() -> bool:
+    """Whether SIGCHLD is ignored here, so the kernel reaps our children itself."""
+    return signal.getsignal(signal.SIGCHLD) == signal.SIG_IGN
+
+
+def _warn_status_lost(pid: int) -> None:
+    """Say that someone else reaped ``pid``; nothing when SIGCHLD is ignored, which is
+    a choice of the program's (common in daemons), not a bug to report."""
+    if not sigchld_ignored():
+        warnings.warn(
+            f"child {pid} was reaped by someone else (a waitpid(-1) or a SIGCHLD handler in "
+            "this process?); its exit status is lost, reporting 0 as subprocess does",
+            RuntimeWarning,
+            stacklevel=4,
+        )
 
 
 def watch(pid: int, *, anchors_group: bool = False) -> Child:
@@ -232,10 +293,16 @@ def watch(pid: int, *, anchors_group: bool = False) -> Child:
     child is killed and reaped before the error propagates: a child nobody
     can wait for would become a zombie or an orphan.
     """
+    if _dropped:
+        release_dropped()
     if _orphans:
         reap_orphans()
     try:
-        notifier = _open_notifier(pid)
+        notifier: _Notifier = _open_notifier(pid)
+    except ProcessLookupError:
+        # Already exited and reaped without us: SIGCHLD is ignored, or a thief
+        # was quick. Its status is lost; the next wait on it says so.
+        notifier = _GoneNotifier()
     except BaseException:
         os.kill(pid, signal.SIGKILL)
         os.waitpid(pid, 0)
@@ -246,8 +313,28 @@ def watch(pid: int, *, anchors_group: bool = False) -> Child:
     return child
 
 
+def release_later(child: Child) -> None:
+    """Release ``child`` at the next safe point; for finalizers, which must take no lock.
+
+    ``deque.append`` is atomic, so this cannot block or re-enter anything.
+    """
+    _dropped.append(child)
+
+
+def release_dropped() -> None:
+    """Release the children handed to :func:`release_later`. Call it holding no lock."""
+    while _dropped:
+        try:
+            child = _dropped.popleft()
+        except IndexError:  # another thread took the last one
+            return
+        child.release()
+
+
 def reap_orphans() -> None:
     """Reap orphaned children that have exited since we last looked."""
+    if _dropped:
+        release_dropped()
     with _registry_lock:
         orphans = list(_orphans)
     for child in orphans:
@@ -276,6 +363,7 @@ def _forget_after_fork() -> None:
                 notifier.close_after_fork()
     _children.clear()
     _orphans.clear()
+    _dropped.clear()
 
 
 os.register_at_fork(after_in_child=_forget_after_fork)
