@@ -6,7 +6,11 @@
 * :func:`detach` starts a command that outlives us, and returns its pid;
 * :class:`ChildScope` owns children you start and do not await;
 * :func:`fork` and :func:`fork_call` run a Python callable in an ``os.fork()``
-  child and bring its result back, with a message channel both ways.
+  child and bring its result back, with a message channel both ways;
+* :func:`pipeline` and :func:`run_pipeline` run ``a | b | c`` over kernel
+  pipes, with bash's exit-status rules and one stop for every stage;
+* ``open_process(cmd, pty=True)`` runs a child on a terminal of its own, and
+  :func:`expect` waits for a pattern in its output.
 
 The first two accept what anyio's functions of the same names accept. One child
 watcher per process reaps exactly the children aioproc started: through a
@@ -31,11 +35,28 @@ from ._fork import (
     fork_call,
     parent_channel,
 )
+from ._pipeline import (
+    CompletedPipeline,
+    Pipeline,
+    PipelineError,
+    PipelineOpener,
+    Stage,
+    pipeline,
+    run_pipeline,
+)
 from ._spawn import (
+    EOF,
+    ExpectMatch,
+    ExpectTimeout,
     PipeReceiveStream,
     PipeSendStream,
     Process,
     ProcessOpener,
+    Pty,
+    Terminal,
+    UnexpectedEOF,
+    exact,
+    expect,
     open_process,
     run_process,
 )
@@ -44,23 +65,38 @@ from ._watcher import mechanism as child_watcher
 
 __all__ = [
     "DEVNULL",
+    "EOF",
     "PIPE",
     "STDOUT",
     "ChildDied",
     "ChildScope",
+    "CompletedPipeline",
     "DetachedProcess",
+    "ExpectMatch",
+    "ExpectTimeout",
     "ForkOpener",
     "ForkedProcess",
     "ParentChannel",
     "PipeReceiveStream",
     "PipeSendStream",
+    "Pipeline",
+    "PipelineError",
+    "PipelineOpener",
     "Process",
     "ProcessOpener",
+    "Pty",
+    "Stage",
+    "Terminal",
+    "UnexpectedEOF",
     "child_watcher",
     "detach",
+    "exact",
+    "expect",
     "fork",
     "fork_call",
     "open_process",
     "parent_channel",
+    "pipeline",
+    "run_pipeline",
     "run_process",
 ]

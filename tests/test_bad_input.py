@@ -1,6 +1,6 @@
-"""The bad-input tables of the README, walked row by row.
+"""The bad-input tables of docs/bad-input.md, walked row by row.
 
-Each table in README.md follows a ``<!-- bad-input: api, ... -->`` marker. Every
+Each table in docs/bad-input.md follows a ``<!-- bad-input: api, ... -->`` marker. Every
 row of every table has at least one case here, and every case names its row:
 ``test_every_documented_row_has_a_case`` keeps the two in step. Each case runs
 on every backend (and engine) that applies, checks the exception type and that
@@ -25,7 +25,7 @@ import uvloop
 
 import aioproc
 
-README = Path(__file__).parent.parent / "README.md"
+TABLES = Path(__file__).parent.parent / "docs" / "bad-input.md"
 BACKENDS: dict[str, tuple[str, dict[str, Any]]] = {
     "asyncio": ("asyncio", {}),
     "uvloop": ("asyncio", {"loop_factory": uvloop.new_event_loop}),
@@ -34,9 +34,9 @@ BACKENDS: dict[str, tuple[str, dict[str, Any]]] = {
 
 
 def documented_rows() -> set[tuple[str, str]]:
-    """(table, first cell) of every row of every marked table in the README."""
+    """(table, first cell) of every row of every marked table in docs/bad-input.md."""
     rows = set()
-    lines = README.read_text().splitlines()
+    lines = TABLES.read_text().splitlines()
     for index, line in enumerate(lines):
         marker = re.fullmatch(r"<!-- bad-input: (.+) -->", line.strip())
         if marker is None:
@@ -51,7 +51,7 @@ def documented_rows() -> set[tuple[str, str]]:
 @dataclass
 class Case:
     table: str
-    row: str  # the first cell of the README row, verbatim
+    row: str  # the first cell of the row in docs/bad-input.md, verbatim
     call: Callable[..., Any]  # an async function of the arguments, or a sync one
     kwargs: dict[str, Any] | Callable[[Path], dict[str, Any]]
     error: type[BaseException]
@@ -120,7 +120,7 @@ def cases_for(table: str, row: str, *cases: tuple[Any, ...], **options: Any) -> 
 for call in (open_and_close, aioproc.run_process):
     cases_for(
         OPEN,
-        "a program that does not exist",
+        'a program that does not exist, in a list (`["nosuchprog"]`)',
         (call, {"command": ["no-such-program-xyz"]}, FileNotFoundError, "no-such-program-xyz"),
     )
     cases_for(
@@ -209,6 +209,31 @@ for call in (open_and_close, aioproc.run_process):
             "darwin",
         ),
     )
+
+
+async def open_shell_status(command: Any, **kwargs: Any) -> None:
+    async with aioproc.open_process(command, **kwargs) as process:
+        assert await process.wait() == 127, "the shell exits 127 for a missing program"
+
+
+async def run_shell_status(command: Any, **kwargs: Any) -> None:
+    result = await aioproc.run_process(command, check=False, **kwargs)
+    assert result.returncode == 127, "the shell exits 127 for a missing program"
+    assert b"no-such-program-xyz" in result.stderr, "the shell names the program"
+
+
+cases_for(
+    OPEN,
+    'a program that does not exist, in a str (`"nosuchprog"`, run through `/bin/sh`)',
+    (open_shell_status, {"command": "no-such-program-xyz"}, NoError, ""),
+    (run_shell_status, {"command": "no-such-program-xyz"}, NoError, ""),
+    (
+        aioproc.run_process,
+        {"command": "no-such-program-xyz"},
+        subprocess.CalledProcessError,
+        "'no-such-program-xyz' returned non-zero exit status 127",
+    ),
+)
 cases_for(
     OPEN,
     "both `input` and `stdin` to `run_process`",
@@ -378,8 +403,8 @@ def test_every_documented_row_has_a_case() -> None:
     documented = documented_rows()
     assert {table for table, _ in documented} == {OPEN, DETACH, FORK}
     covered = {(case.table, case.row) for case in CASES if case.row}
-    assert documented - covered == set(), "README rows without a test case"
-    assert covered - documented == set(), "test cases whose row is not in the README"
+    assert documented - covered == set(), "rows of docs/bad-input.md without a test case"
+    assert covered - documented == set(), "test cases whose row is not in docs/bad-input.md"
 
 
 def test_fds_are_released_on_every_failed_spawn() -> None:

@@ -8,6 +8,8 @@ This wing is ``open_process`` and ``run_process``, read top-down:
 * ``_native`` (the default engine: our own pipes, exits from the child watcher)
   and ``_asyncio_engine`` (asyncio's own subprocess transports);
 * ``_streams``: a child's pipes as anyio byte streams;
+* ``_pty`` (``pty=``: the child on a pseudo-terminal of its own) and ``_expect``
+  (waiting for a pattern in a stream's output);
 * ``_request``: the checks of a spawn's arguments, and the spawn itself (``Popen``).
 
 It stands on the ground floor, ``_watcher`` and ``_backends``. The wings above
@@ -16,9 +18,11 @@ It stands on the ground floor, ``_watcher`` and ``_backends``. The wings above
 
 from __future__ import annotations
 
+from ._expect import EOF, ExpectMatch, ExpectTimeout, UnexpectedEOF, exact, expect
 from ._native import NativeProcess, drain
 from ._open_process import ENGINES, Engine, ProcessOpener, open_process
 from ._process import Opener, Process, check_grace
+from ._pty import Pty, Terminal
 from ._request import (
     FileSpec,
     SpawnedChild,
@@ -39,7 +43,10 @@ from ._streams import (
 
 __all__ = [
     "ENGINES",
+    "EOF",
     "Engine",
+    "ExpectMatch",
+    "ExpectTimeout",
     "FdReceiveStream",
     "FdSendStream",
     "FileSpec",
@@ -49,14 +56,19 @@ __all__ = [
     "PipeSendStream",
     "Process",
     "ProcessOpener",
+    "Pty",
     "SpawnRequest",
     "SpawnedChild",
     "StrOrBytesPath",
+    "Terminal",
+    "UnexpectedEOF",
     "check_command",
     "check_file",
     "check_grace",
     "drain",
     "enlarge_pipe",
+    "exact",
+    "expect",
     "open_process",
     "run_process",
     "spawn",

@@ -8,6 +8,7 @@ from typing import Any, Literal
 
 from .._backends import current_backend
 from ._process import Opener, Process, check_grace
+from ._pty import STDERR_DEFAULT, Pty, check_pty
 from ._request import FileSpec, SpawnRequest, StrOrBytesPath, spawn
 
 __all__ = ["ENGINES", "ProcessOpener", "open_process"]
@@ -21,7 +22,7 @@ def open_process(
     *,
     stdin: FileSpec = subprocess.PIPE,
     stdout: FileSpec = subprocess.PIPE,
-    stderr: FileSpec = subprocess.PIPE,
+    stderr: FileSpec = STDERR_DEFAULT,
     cwd: StrOrBytesPath | None = None,
     env: Mapping[str, str] | None = None,
     startupinfo: Any = None,
@@ -37,6 +38,7 @@ def open_process(
     grace: float = 5.0,
     deliver_cancel: Callable[[Process], Awaitable[object]] | None = None,
     engine: Engine | None = None,
+    pty: bool | Pty = False,
 ) -> ProcessOpener:
     """Start ``command`` in a child process and return it, with its pipes as anyio streams.
 
@@ -69,6 +71,11 @@ def open_process(
     ``engine="asyncio"`` runs the same API over asyncio's own subprocess support
     (libuv under uvloop); it needs an asyncio loop. The default is ``"native"``,
     aioproc's own pipes and child watcher, on every backend.
+
+    ``pty=True`` (or a :class:`Pty` with options) runs the child on a new
+    pseudo-terminal, as its controlling terminal: ``stdin`` and ``stdout`` are
+    the terminal's master side, stderr goes to the terminal too unless
+    ``stderr`` says otherwise, and ``process.pty`` resizes and interrupts it.
     """
     return ProcessOpener(
         command,
@@ -92,13 +99,14 @@ def open_process(
         grace=grace,
         deliver_cancel=deliver_cancel,
         engine=engine,
+        pty=pty,
     )
 
 
 class ProcessOpener(Opener[Process]):
     """What :func:`open_process` returns: await it, or use it with ``async with``."""
 
-    __slots__ = ("_command", "_deliver_cancel", "_engine", "_grace", "_options")
+    __slots__ = ("_command", "_deliver_cancel", "_engine", "_grace", "_options", "_pty")
 
     def __init__(
         self,
@@ -108,8 +116,10 @@ class ProcessOpener(Opener[Process]):
         grace: float,
         deliver_cancel: Callable[[Process], Awaitable[object]] | None,
         engine: Engine | None,
+        pty: bool | Pty = False,
     ) -> None:
         super().__init__()
+        self._pty = pty
         self._command = command
         self._options = options
         self._grace = grace
@@ -126,7 +136,24 @@ class ProcessOpener(Opener[Process]):
         if engine not in ENGINES:
             choices = ", ".join(map(repr, ENGINES))
             raise ValueError(f"engine must be one of {choices}, not {engine!r}")
-        request = SpawnRequest(self._command, **self._options)
+        pty = check_pty(self._pty)
+        if pty is not None:
+            if engine != "native":
+                raise ValueError(f"pty= needs the native engine, not engine={engine!r}")
+            from ._pty import open_pty_process
+
+            return await open_pty_process(
+                self._command,
+                self._options,
+                pty,
+                current_backend(),
+                grace=grace,
+                deliver_cancel=self._deliver_cancel,
+            )
+        options = self._options
+        if options["stderr"] is STDERR_DEFAULT:  # no pty: a pipe, said as PIPE to Popen
+            options = {**options, "stderr": subprocess.PIPE}
+        request = SpawnRequest(self._command, **options)
         backend = current_backend()
         if engine == "asyncio":
             if backend.name != "asyncio":

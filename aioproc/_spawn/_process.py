@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Generator
     from types import TracebackType
 
+    from ._pty import Terminal
     from ._streams import PipeReceiveStream, PipeSendStream
 
 __all__ = ["Opener", "Process", "check_grace"]
@@ -47,6 +48,9 @@ class Process(anyio.abc.Process):
       (:meth:`stop`) instead of just waiting for it;
     * signals can go to the child's whole process group when it leads one.
     """
+
+    pty: Terminal | None = None
+    """The child's terminal (resize, interrupt, send EOF) if started with ``pty=``."""
 
     def __init__(
         self,

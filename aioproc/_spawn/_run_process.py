@@ -11,11 +11,13 @@ from anyio import TASK_STATUS_IGNORED, create_task_group, move_on_after
 
 from ._open_process import Engine, open_process
 from ._process import _feed
+from ._pty import STDERR_DEFAULT
 
 if TYPE_CHECKING:
     from anyio.abc import TaskStatus
 
     from ._process import Process
+    from ._pty import Pty
     from ._request import FileSpec, StrOrBytesPath
     from ._streams import PipeReceiveStream, PipeSendStream
 
@@ -25,7 +27,8 @@ _PIPE = subprocess.PIPE
 
 
 class _Captured(int):
-    """The default of ``stdout`` and ``stderr``: a pipe that ``run_process`` reads.
+    """The default of ``stdout``: a pipe that ``run_process`` reads (``stderr``'s is
+    ``STDERR_DEFAULT``, told apart the same way).
 
     It equals ``PIPE`` everywhere; only ``run_process`` tells it apart from a
     ``PIPE`` the caller asked for by name, which under ``TaskGroup.start()``
@@ -63,7 +66,7 @@ async def run_process(
     input: bytes | bytearray | memoryview | None = None,
     stdin: FileSpec = None,
     stdout: FileSpec = _CAPTURED,
-    stderr: FileSpec = _CAPTURED,
+    stderr: FileSpec = STDERR_DEFAULT,
     check: bool = True,
     timeout: float | None = None,  # noqa: ASYNC109 - subprocess.run's argument, kept for drop-in use
     cwd: StrOrBytesPath | None = None,
@@ -81,6 +84,7 @@ async def run_process(
     grace: float = 5.0,
     deliver_cancel: Callable[[Process], Awaitable[object]] | None = None,
     engine: Engine | None = None,
+    pty: bool | Pty = False,
     task_status: TaskStatus[Process] = TASK_STATUS_IGNORED,
 ) -> subprocess.CompletedProcess[bytes]:
     """Run ``command``, feed it ``input``, and return its exit status and captured output.
@@ -105,7 +109,9 @@ async def run_process(
     it. Output not asked for by name is still captured. Awaited directly,
     ``stdin=PIPE`` is refused, since nobody could write to it: pass ``input``.
 
-    The other arguments are those of :func:`open_process`.
+    The other arguments are those of :func:`open_process`. With ``pty=``, the
+    output is the terminal's (CRLF line ends, stderr in it) and ``input`` is
+    typed, then the EOF character.
     """
     seconds = _check_timeout(timeout)
     started = task_status is not TASK_STATUS_IGNORED
@@ -124,7 +130,7 @@ async def run_process(
     theirs = {
         name
         for name, value in (("stdin", stdin), ("stdout", stdout), ("stderr", stderr))
-        if started and _is_pipe(value) and value is not _CAPTURED
+        if started and _is_pipe(value) and value is not _CAPTURED and value is not STDERR_DEFAULT
     }
     if input is not None:
         theirs.discard("stdin")
@@ -134,7 +140,7 @@ async def run_process(
             command,
             stdin=stdin,
             stdout=_PIPE if stdout is _CAPTURED else stdout,
-            stderr=_PIPE if stderr is _CAPTURED else stderr,
+            stderr=stderr,  # STDERR_DEFAULT: a pipe, or the terminal with pty=
             cwd=cwd,
             env=env,
             startupinfo=startupinfo,
@@ -150,6 +156,7 @@ async def run_process(
             grace=grace,
             deliver_cancel=deliver_cancel,
             engine=engine,
+            pty=pty,
         )
         kept = [getattr(process, name) for name in theirs]
         try:
