@@ -28,7 +28,8 @@ _PIPE = subprocess.PIPE
 
 
 class _Captured(int):
-    """The default of ``stdout`` and ``stderr``: a pipe that ``run_process`` reads.
+    """The default of ``stdout``: a pipe that ``run_process`` reads (``stderr``'s is
+    ``STDERR_DEFAULT``, told apart the same way).
 
     It equals ``PIPE`` everywhere; only ``run_process`` tells it apart from a
     ``PIPE`` the caller asked for by name, which under ``TaskGroup.start()``
@@ -140,7 +141,7 @@ async def run_process(
             command,
             stdin=stdin,
             stdout=_PIPE if stdout is _CAPTURED else stdout,
-            stderr=stderr,
+            stderr=stderr,  # STDERR_DEFAULT: a pipe, or the terminal with pty=
             cwd=cwd,
             env=env,
             startupinfo=startupinfo,
