@@ -74,7 +74,8 @@ class PipeReceiveStream(ByteReceiveStream):
     Besides anyio's ``receive()`` and ``async for chunk in stream``, it reads
     whole lines with :meth:`lines` and everything up to EOF with :meth:`read_all`.
     Bytes read ahead while looking for a line end are kept and returned by the
-    next call of any of these, so mixing them loses nothing.
+    next call of any of these, so mixing them loses nothing. Once the stream is
+    closed, every read raises ``ClosedResourceError``, read-ahead bytes or not.
     """
 
     def __init__(self) -> None:
