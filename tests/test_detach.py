@@ -674,23 +674,28 @@ async def test_a_fifo_works_once_the_other_end_is_opened(
     fifo = tmp_path / "fifo"
     os.mkfifo(fifo)
     command = "echo through the fifo" if name == "stdout" else f"cat > {tmp_path / 'out'}"
-    async with anyio.create_task_group() as tg:
-        detached: list[aioproc.DetachedProcess] = []
+    received: list[bytes] = []
 
-        async def start() -> None:
-            detached.append(await aioproc.detach(command, **{name: fifo}))  # type: ignore[arg-type]
-
-        tg.start_soon(start)
-        mode = "rb" if name == "stdout" else "wb"
-        other_end = await anyio.to_thread.run_sync(open, fifo, mode)  # waits for detach's open
-    strays.add(detached[0].pid)
-    with other_end:
+    def other_end() -> None:  # its open waits for detach's, and detach's for it
         if name == "stdout":
-            assert await anyio.to_thread.run_sync(other_end.read) == b"through the fifo\n"
+            with open(fifo, "rb") as reader:
+                received.append(reader.read())
         else:
-            other_end.write(b"into the fifo\n")
-    await _gone(strays, detached[0].pid)
-    if name == "stdin":
+            with open(fifo, "wb") as writer:
+                writer.write(b"into the fifo\n")
+
+    thread = threading.Thread(target=other_end)
+    thread.start()
+    try:
+        detached = await aioproc.detach(command, **{name: fifo})  # type: ignore[arg-type]
+        strays.add(detached.pid)
+        await _gone(strays, detached.pid)
+    finally:
+        _open_the_other_end(fifo, "stdin" if name == "stdout" else "stdout")  # if detach failed
+        await anyio.to_thread.run_sync(thread.join)
+    if name == "stdout":
+        assert received == [b"through the fifo\n"]
+    else:
         assert (tmp_path / "out").read_bytes() == b"into the fifo\n"
 
 
