@@ -22,7 +22,6 @@ How the stages are wired, and why:
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import fcntl
 import os
@@ -33,9 +32,9 @@ from collections.abc import Generator, Mapping
 from typing import TYPE_CHECKING, Any
 
 import anyio
-from anyio import CancelScope, move_on_after
+from anyio import move_on_after
 
-from .._backends import current_backend
+from .._backends import current_backend, run_to_completion
 from .._spawn import (
     FdReceiveStream,
     FdSendStream,
@@ -236,37 +235,25 @@ class Pipeline:
         stages are reaped.
         """
         grace = self._grace if grace is None else check_grace(grace)
-        deadline = anyio.current_time() + grace
-        native: asyncio.CancelledError | None = None
-        with CancelScope(shield=True):
-            try:
-                if self._stdin is not None:
-                    self._stdin.close()
-                terminated = False
-                while self._running():
-                    # A native asyncio cancellation pierces anyio's shield; it
-                    # lands here and the sequence goes on where it was.
-                    try:
-                        if not terminated:
-                            terminated = True
-                            self.send_signal(signal.SIGTERM)
-                        remaining = deadline - anyio.current_time()
-                        if remaining > 0:
-                            with move_on_after(remaining):
-                                await self._wait_all()
-                        else:
-                            self.send_signal(signal.SIGKILL)
-                            for stage in self._stages:  # a stage that left the group, too
-                                stage.kill()
-                            await self._wait_all()
-                    except asyncio.CancelledError as exc:
-                        native = exc
-                self.send_signal(signal.SIGKILL)
-            finally:
-                self._close_streams()
-                self._release()
-        if native is not None:
-            raise native
+        await run_to_completion(lambda: self._stop(grace))
+
+    async def _stop(self, grace: float) -> None:
+        try:
+            if self._stdin is not None:
+                self._stdin.close()
+            if self._running():
+                self.send_signal(signal.SIGTERM)
+                with move_on_after(grace):
+                    await self._wait_all()
+                if self._running():
+                    self.send_signal(signal.SIGKILL)
+                    for stage in self._stages:  # a stage that left the group, too
+                        stage.kill()
+                    await self._wait_all()
+            self.send_signal(signal.SIGKILL)
+        finally:
+            self._close_streams()
+            self._release()
 
     async def __aenter__(self) -> Pipeline:
         return self

@@ -394,32 +394,6 @@ class PtyProcess(NativeProcess):
         self._close_streams()
         self._release()
 
-    async def stop(self, grace: float | None = None) -> None:
-        """Stop the child now (see the class's doc), even through asyncio's own ``Task.cancel()``.
-
-        anyio's shield holds against anyio's cancellations only: on asyncio the
-        sequence runs in a task of its own, which a ``cancel()`` of the caller
-        cannot reach; the caller waits for it, and then takes the cancellation.
-        """
-        if self._backend.name != "asyncio":
-            await super().stop(grace)
-            return
-        import asyncio
-
-        sequence = asyncio.ensure_future(super().stop(grace))
-        cancelled: BaseException | None = None
-        with anyio.CancelScope(shield=True):
-            while not sequence.done():
-                try:
-                    await asyncio.shield(sequence)
-                except asyncio.CancelledError as exc:
-                    if sequence.cancelled():
-                        raise
-                    cancelled = cancelled or exc
-        if cancelled is not None:
-            raise cancelled
-        sequence.result()
-
     async def _terminate_then_kill(self, grace: float) -> None:
         # stop() has closed stdin already, which typed EOF.
         with anyio.move_on_after(grace):

@@ -4,8 +4,6 @@
   (a double fork, reaped before it returns);
 * ``_child_scope``: ``ChildScope``, children started and reaped by a block
   that owns them, stopped when it is left early.
-* ``_to_the_end``: a section that must finish even under a plain asyncio
-  cancellation, which anyio's shield does not hold off (used by ``detach``).
 
 ``die_with_parent``, the opposite of detaching, is an option of every spawn
 (``_spawn._request``). This wing stands on the spawn wing and the ground floor.

@@ -37,7 +37,7 @@ that was cancelled then would never learn its pid. anyio's and trio's
 cancellations are held off by a shielded scope, and arrive once ``detach`` has
 returned. A plain asyncio cancellation (``Task.cancel()``, ``asyncio.wait_for``)
 gets through any shield, so on asyncio that part runs in a task of its own
-(``_to_the_end``), which the caller waits for; it then raises the cancellation.
+(``_backends.run_to_completion``), which the caller waits for; it then raises the cancellation.
 The command is then tracked by its pid file, or killed if it has none: no
 command runs on that nobody can know the pid of. That wait lasts as long as
 the intermediate's work: a ``vfork`` and an ``exec``, then its exit.
@@ -65,9 +65,8 @@ from typing import IO, TYPE_CHECKING, Any, NoReturn, TypeAlias
 from anyio import to_thread
 
 from .. import _watcher
-from .._backends import current_backend
+from .._backends import current_backend, run_to_completion
 from .._spawn import SpawnRequest, StrOrBytesPath, check_file
-from ._to_the_end import run_to_the_end
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -190,22 +189,23 @@ async def detach(
         finally:
             for fd in opened:
                 os.close(fd)
+
         # From here on the command may run: the rest must finish whatever cancels us,
         # or a command would run that nobody knows the pid of.
-        pid, cancelled = await run_to_the_end(
-            backend, _finish(request, backend, intermediate, report_fd, pending_pid_file)
-        )
-        if cancelled is not None:
-            if pid is not None and pending_pid_file is None:
-                # Cancelled by plain asyncio (Task.cancel(), wait_for): we cannot return
-                # the pid, and no pid file tracks the command, so it must not run on.
-                # Its pid cannot have been reused: it was running a moment ago.
+        async def untracked(pid: int) -> None:
+            # Cancelled by plain asyncio (Task.cancel(), wait_for): we cannot return
+            # the pid, and no pid file tracks the command, so it must not run on.
+            # Its pid cannot have been reused: it was running a moment ago.
+            if pending_pid_file is None:
                 os.kill(pid, signal.SIGKILL)
-            raise cancelled
+
+        pid = await run_to_completion(
+            lambda: _finish(request, backend, intermediate, report_fd, pending_pid_file),
+            undo=untracked,
+        )
     finally:
         if pending_pid_file is not None:
             pending_pid_file.discard()
-    assert pid is not None
     return DetachedProcess(pid, command, pid_file)
 
 
