@@ -22,6 +22,7 @@ if sys.platform == "win32":  # pragma: no cover - exercised by a subprocess test
 
 from subprocess import DEVNULL, PIPE, STDOUT
 
+from . import ssh
 from ._fork import (
     ChildDied,
     ForkedProcess,
@@ -63,4 +64,5 @@ __all__ = [
     "open_process",
     "parent_channel",
     "run_process",
+    "ssh",
 ]
