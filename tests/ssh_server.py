@@ -65,7 +65,7 @@ def _free_ports(count: int) -> list[int]:
 class SSHServer:
     directory: str
     ports: list[int]
-    process: subprocess.Popen[bytes]
+    pid: int  # sshd's, in the background
     config: str  # the client's ssh_config
     identity: str
     known_hosts: str
@@ -127,14 +127,21 @@ class SSHServer:
             with contextlib.suppress(OSError):
                 os.kill(pid, signal.SIGKILL)
 
+    def running(self) -> bool:
+        try:
+            with open(f"/proc/{self.pid}/cmdline", "rb") as f:
+                return b"sshd" in f.read()
+        except OSError:
+            return False
+
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        if self.running():
+            os.kill(self.pid, signal.SIGTERM)
+            deadline = time.monotonic() + 10
+            while self.running() and time.monotonic() < deadline:
+                time.sleep(0.01)
+            if self.running():
+                os.kill(self.pid, signal.SIGKILL)
         shutil.rmtree(self.directory, ignore_errors=True)
 
 
@@ -197,31 +204,43 @@ def start_server(hosts: int = HOSTS) -> SSHServer:
     with open(path("ssh_config"), "w") as f:
         f.write("\n".join(config) + "\n")
     os.makedirs("/run/sshd", mode=0o755, exist_ok=True)
-    with open(path("sshd.log"), "wb") as log_file:
-        process = subprocess.Popen(
-            [SSHD, "-D", "-e", "-f", path("sshd_config")],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=log_file,
-            close_fds=True,
-        )
+    # sshd puts itself in the background (no -D): it is then no child of ours,
+    # which the per-test leak check would count, and its pid is in the PidFile.
+    started = subprocess.run(
+        [SSHD, "-f", path("sshd_config"), "-E", path("sshd.log")],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        check=False,
+    )
+    if started.returncode != 0:
+        shutil.rmtree(directory, ignore_errors=True)
+        raise RuntimeError(f"sshd failed ({started.returncode}): {started.stderr.decode()}")
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            with open(path("sshd.pid")) as f:
+                pid = int(f.read())
+            break
+        except (OSError, ValueError):
+            if time.monotonic() > deadline:
+                raise RuntimeError("sshd wrote no PidFile") from None
+            time.sleep(0.01)
     server = SSHServer(
         directory,
         ports,
-        process,
+        pid,
         path("ssh_config"),
         path("id"),
         path("known_hosts"),
         names,
     )
-    deadline = time.monotonic() + 20
     for port in ports:
         while True:
-            if process.poll() is not None:
+            if not server.running():
                 with open(path("sshd.log")) as f:
                     log = f.read()
                 server.stop()
-                raise RuntimeError(f"sshd exited with {process.returncode}: {log}")
+                raise RuntimeError(f"sshd exited: {log}")
             try:
                 with socket.create_connection(("127.0.0.1", port), timeout=1) as sock:
                     if sock.recv(4).startswith(b"SSH-"):

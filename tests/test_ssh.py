@@ -47,8 +47,8 @@ HARD_ARGUMENTS = [
 ]
 
 
-@pytest.fixture(scope="session")
-def sshd_server() -> Iterator[SSHServer]:
+@pytest.fixture(scope="session", name="sshd_server")
+def sshd_server_fixture() -> Iterator[SSHServer]:
     missing = sshd_missing()
     if missing:  # never a skip: CI installs it, and so should a developer
         pytest.fail(f"the ssh tests need a real sshd: {missing}")
@@ -60,8 +60,8 @@ def sshd_server() -> Iterator[SSHServer]:
         server.stop()
 
 
-@pytest.fixture
-def server(sshd_server: SSHServer) -> Iterator[SSHServer]:
+@pytest.fixture(name="server")
+def server_fixture(sshd_server: SSHServer) -> Iterator[SSHServer]:
     """The server, checked after the test: none of our remote processes is left."""
     assert not sshd_server.remote_processes(), "a remote process was left by an earlier test"
     yield sshd_server

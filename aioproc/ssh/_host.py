@@ -235,6 +235,9 @@ class Host:
     async def _start(self, master: Process, connect_timeout: float) -> None:
         self._master = master
         assert master.stdout is not None
+        assert master.stdin is not None
+        # Lines to the guard are written without awaiting: never block the loop on them.
+        os.set_blocking(master.stdin._fd, False)  # type: ignore[attr-defined]
         stderr = master.stderr
         assert stderr is not None
         current_backend().spawn_system_task(lambda: self._keep_stderr(stderr), stderr.close)
