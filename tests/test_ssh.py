@@ -478,6 +478,29 @@ async def test_max_sessions_queues_instead_of_logging_in_again(server: SSHServer
 
 
 @pytest.mark.anyio
+async def test_a_refused_session_is_an_error_never_a_fresh_login(server: SSHServer) -> None:
+    # max_sessions above the server's MaxSessions (10, one of them the guard's):
+    # the master refuses the extra sessions, and the client may not log in anew.
+    outcomes: list[object] = []
+
+    async def run() -> None:
+        try:
+            outcomes.append(await host.run_process(["sleep", "2"]))
+        except ssh.SSHError as exc:
+            outcomes.append(exc)
+
+    async with connected(server, max_sessions=12) as host, anyio.create_task_group() as tg:
+        for _ in range(12):
+            tg.start_soon(run)
+    errors = [outcome for outcome in outcomes if isinstance(outcome, ssh.SSHError)]
+    assert len(outcomes) == 12
+    # At most 9 sessions and the guard's fit in MaxSessions: 3 or more were refused
+    # (more if a refused client held its session slot while another started).
+    assert len(errors) >= 3, outcomes
+    assert all("could not be started" in str(error) for error in errors)
+
+
+@pytest.mark.anyio
 async def test_detach_outlives_the_connection(server: SSHServer) -> None:
     async with connected(server) as host:
         detached = await host.detach(["sleep", "60"], stdout="/dev/null")
