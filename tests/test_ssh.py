@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -327,12 +328,13 @@ def test_sigkill_of_the_parent_stops_remote_commands(
     body = f"""
 async with aioproc.ssh.connect({server.host!r}, config={server.config!r}, grace={GRACE}) as host:
     async with host.open_process(["sh", "-c", "sleep 300 & exec sleep 300"]) as process:
-        print(process.pid, flush=True)
+        print(process.pid, host.control_path, flush=True)
         await anyio.sleep(300)
 """
     with subprocess.Popen(helper_code(anyio_backend, body), stdout=subprocess.PIPE) as helper:
         assert helper.stdout is not None
-        pid = int(helper.stdout.readline())
+        pid_text, control = helper.stdout.readline().split()
+        pid = int(pid_text)
         deadline = time.monotonic() + 10
         while commands_running(server, "sleep")[server.ports[0]] < 2:
             assert time.monotonic() < deadline
@@ -344,6 +346,8 @@ async with aioproc.ssh.connect({server.host!r}, config={server.config!r}, grace=
         while commands_running(server, "sleep"):
             assert time.monotonic() - killed <= GRACE + 1, "remote commands outlived us"
             time.sleep(0.01)
+    # Nobody was left to remove the control directory: the master died with the helper.
+    shutil.rmtree(os.path.dirname(control))
 
 
 @pytest.mark.anyio
