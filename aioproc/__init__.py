@@ -26,6 +26,7 @@ if sys.platform == "win32":  # pragma: no cover - exercised by a subprocess test
 
 from subprocess import DEVNULL, PIPE, STDOUT
 
+from . import ssh
 from ._fork import (
     ChildDied,
     ForkedProcess,
@@ -100,4 +101,5 @@ __all__ = [
     "pipeline",
     "run_pipeline",
     "run_process",
+    "ssh",
 ]

@@ -19,6 +19,7 @@ MEASUREMENTS = (
     "pipeline",
     "pty",
     "capture",
+    "ssh",
 )
 
 
