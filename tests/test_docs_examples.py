@@ -71,13 +71,14 @@ def test_there_are_examples_on_every_tutorial_page() -> None:
 
 
 def test_api_page_lists_all() -> None:
-    """docs/api.md documents every name of ``aioproc.__all__``, and nothing else of aioproc."""
+    """docs/api.md documents every name of ``aioproc.__all__`` and ``aioproc.ssh.__all__``, and nothing else."""
     text = (DOCS / "api.md").read_text()
-    directive = r"^\.\. (?:auto\w+|py:\w+):: (?:aioproc\.)?(\w+)"
+    directive = r"^\.\. (?:auto\w+|py:\w+):: (?:aioproc\.)?([\w.]+)"
     listed = re.findall(directive, text, flags=re.MULTILINE)
     assert len(listed) == len(set(listed)), "a name is listed twice in docs/api.md"
-    assert set(aioproc.__all__) - set(listed) == set(), "public names missing from docs/api.md"
-    assert set(listed) - set(aioproc.__all__) == set(), "docs/api.md lists names not in __all__"
+    public = set(aioproc.__all__) | {f"ssh.{name}" for name in aioproc.ssh.__all__}
+    assert public - set(listed) == set(), "public names missing from docs/api.md"
+    assert set(listed) - public == set(), "docs/api.md lists names not in __all__"
 
 
 def test_readme_is_a_landing_page() -> None:
