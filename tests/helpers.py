@@ -75,6 +75,29 @@ def py(code: str) -> list[str]:
     return [PY, "-c", code]
 
 
+def with_default_signals(command: list[str], *signals: int) -> list[str]:
+    """``command``, run with ``signals`` at their default disposition and unblocked.
+
+    A child inherits ignored dispositions and the blocked mask, and a shell will
+    not undo them (a suite started in the background has SIGINT ignored), so a
+    test that kills a child by one of these signals resets it first.
+    """
+    catchable = [sig for sig in signals if sig not in (signal.SIGKILL, signal.SIGSTOP)]
+    if not catchable:
+        return command
+    numbers = ", ".join(str(int(sig)) for sig in catchable)
+    return (
+        py(
+            "import os, signal, sys\n"
+            f"for sig in ({numbers},):\n"
+            "    signal.signal(sig, signal.SIG_DFL)\n"
+            f"signal.pthread_sigmask(signal.SIG_UNBLOCK, ({numbers},))\n"
+            "os.execvp(sys.argv[1], sys.argv[1:])\n"
+        )
+        + command
+    )
+
+
 def soak() -> bool:
     """Whether the long soak mode was asked for (``AIOPROC_SOAK=1``)."""
     return os.environ.get("AIOPROC_SOAK", "") not in ("", "0")

@@ -2,14 +2,11 @@
 
 ``tests/hostile_signals.py`` starts a command with glibc's reserved signals 32
 and 33, SIGINT and SIGPIPE both ignored and blocked, which ``exec`` passes on.
-Here it runs pytest on the tests of detach, die_with_parent and ChildScope that
-depend on signal dispositions, on every backend, under the child watcher of
-this run (``AIOPROC_CHILD_WATCHER`` is inherited).
-
-Tests elsewhere that send SIGINT to a child expecting it to die
-(``test_open_process.py::test_killed_by_signal_gives_minus_n``,
-``test_shutdown.py::test_deliver_cancel_replaces_the_default``) still assume an
-environment that does not ignore SIGINT: under a shell's background job they fail.
+Here it runs pytest on the tests that depend on signal dispositions (detach,
+die_with_parent, ChildScope, and the ones that kill a child by a signal), on
+every backend, under the child watcher of this run (``AIOPROC_CHILD_WATCHER`` is
+inherited). Those that kill a child by SIGINT start it through
+``helpers.with_default_signals``: a shell would not undo an ignored SIGINT.
 """
 
 from __future__ import annotations
@@ -51,6 +48,8 @@ def test_the_signal_tests_pass_in_a_hostile_environment() -> None:
         "tests/test_die_with_parent.py",
         "tests/test_child_scope.py::test_cancellation_stops_every_child",
         "tests/test_child_scope.py::test_leaving_with_a_timeout_stops_the_stragglers",
+        "tests/test_open_process.py::test_killed_by_signal_gives_minus_n",
+        "tests/test_shutdown.py::test_deliver_cancel_replaces_the_default",
     ]
     command = [
         sys.executable,

@@ -13,7 +13,7 @@ import pytest
 
 import aioproc
 
-from .helpers import pid_alive, py
+from .helpers import pid_alive, py, with_default_signals
 
 
 async def test_async_with_opener(engine: str) -> None:
@@ -72,9 +72,9 @@ async def test_returncode_appears_without_wait(engine: str) -> None:
 async def test_killed_by_signal_gives_minus_n(engine: str, sig: signal.Signals) -> None:
     # No core file for the signals that would dump one.
     async with aioproc.open_process(
-        ["sh", "-c", "ulimit -c 0; exec sleep 30"], engine=engine
+        with_default_signals(["sh", "-c", "ulimit -c 0; exec sleep 30"], sig), engine=engine
     ) as process:
-        await anyio.sleep(0.1)  # let the shell reach the exec
+        await anyio.sleep(0.3)  # let the shell reach the exec
         process.send_signal(sig)
         assert await process.wait() == -sig
 

@@ -12,7 +12,7 @@ import pytest
 import aioproc
 from aioproc import Process
 
-from .helpers import pid_alive, py
+from .helpers import pid_alive, py, with_default_signals
 
 # A child that reports each SIGTERM on stdout and otherwise ignores it.
 STUBBORN = py(
@@ -136,7 +136,9 @@ async def test_deliver_cancel_replaces_the_default(engine: str) -> None:
 
     with anyio.move_on_after(0.2):
         async with aioproc.open_process(
-            ["sleep", "60"], deliver_cancel=interrupt, engine=engine
+            with_default_signals(["sleep", "60"], signal.SIGINT),
+            deliver_cancel=interrupt,
+            engine=engine,
         ) as process:
             await process.wait()
     assert calls == [process.pid]
