@@ -6,7 +6,8 @@
 * :func:`detach` starts a command that outlives us, and returns its pid;
 * :class:`ChildScope` owns children you start and do not await;
 * :func:`fork` and :func:`fork_call` run a Python callable in an ``os.fork()``
-  child and bring its result back, with a message channel both ways.
+  child and bring its result back, with a message channel both ways;
+* :class:`ForkPool` runs callables in warm forked workers, and replaces a worker that dies.
 
 The first two accept what anyio's functions of the same names accept. One child
 watcher per process reaps exactly the children aioproc started: through a
@@ -26,7 +27,9 @@ from ._fork import (
     ChildDied,
     ForkedProcess,
     ForkOpener,
+    ForkPool,
     ParentChannel,
+    PoolBroken,
     fork,
     fork_call,
     parent_channel,
@@ -50,10 +53,12 @@ __all__ = [
     "ChildScope",
     "DetachedProcess",
     "ForkOpener",
+    "ForkPool",
     "ForkedProcess",
     "ParentChannel",
     "PipeReceiveStream",
     "PipeSendStream",
+    "PoolBroken",
     "Process",
     "ProcessOpener",
     "child_watcher",
