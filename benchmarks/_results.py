@@ -9,7 +9,7 @@ from ._core import Case, Impl, Measurement
 
 __all__ = ["MEASUREMENTS", "CaseResult", "MeasurementResult", "Row", "Run", "Stat"]
 
-MEASUREMENTS = ("spawn", "concurrency", "throughput", "roundtrip", "fork", "detach")
+MEASUREMENTS = ("spawn", "concurrency", "throughput", "roundtrip", "fork", "detach", "pool")
 
 
 @dataclass
