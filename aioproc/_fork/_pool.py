@@ -40,7 +40,14 @@ import sys
 import traceback
 import weakref
 from collections import deque
-from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Callable, Iterable
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterable,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Iterable,
+)
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
@@ -204,6 +211,7 @@ class ForkPool:
         self._backend: Backend | None = None
         self._tg: TaskGroup | None = None
         self._outbox: list[bytes] = []
+        self._services: set[anyio.CancelScope] = set()
 
     def __repr__(self) -> str:
         return f"<ForkPool workers={self._size} state={self._state} pids={list(self.pids)}>"
@@ -259,7 +267,7 @@ class ForkPool:
         try:
             self._tg = anyio.create_task_group()
             await self._tg.__aenter__()
-            self._tg.start_soon(self._serve_template)
+            self._tg.start_soon(self._service, self._serve_template)
             for _ in range(self._size):
                 self._spawn()
         except BaseException:
@@ -387,9 +395,19 @@ class ForkPool:
             self._signal(worker.pid, signal.SIGTERM)
             if self._tg is not None and self._state in ("open", "closing"):
                 with contextlib.suppress(RuntimeError):
-                    self._tg.start_soon(self._kill_after_grace, worker)
+                    self._tg.start_soon(self._service, self._kill_after_grace, worker)
                     return
             self._signal(worker.pid, signal.SIGKILL)
+
+    async def _service(self, fn: Callable[..., Awaitable[None]], *args: Any) -> None:
+        """Run one of the pool's own tasks, shielded from the cancellation of the block:
+        it must see the workers out. The pool cancels it when it is done."""
+        with anyio.CancelScope(shield=True) as scope:
+            self._services.add(scope)
+            try:
+                await fn(*args)
+            finally:
+                self._services.discard(scope)
 
     async def _kill_after_grace(self, worker: _Worker) -> None:
         with anyio.move_on_after(self._grace):
@@ -454,7 +472,7 @@ class ForkPool:
                 return  # the template is gone: _serve_template sees it
             self._outbox.append(record)
             if self._tg is not None:
-                self._tg.start_soon(self._flush_outbox)
+                self._tg.start_soon(self._service, self._flush_outbox)
         else:
             self._outbox.append(record)
 
@@ -526,7 +544,7 @@ class ForkPool:
         if self._state == "stopping":
             self._signal(pid, signal.SIGKILL)
         assert self._tg is not None
-        self._tg.start_soon(self._await_ready, worker)
+        self._tg.start_soon(self._service, self._await_ready, worker)
 
     async def _await_ready(self, worker: _Worker) -> None:
         """The worker's first frame says that its initializer ran."""
@@ -639,6 +657,8 @@ class ForkPool:
             _open_pools.discard(self)
             tg, self._tg = self._tg, None
             if tg is not None:
+                for scope in self._services:
+                    scope.cancel()
                 tg.cancel_scope.cancel()
                 await tg.__aexit__(None, None, None)
 
@@ -768,7 +788,7 @@ class _MapIterator(AsyncIterator[T]):
         self._arrived: deque[tuple[int, bool, Any]] = deque()  # index -1: the iterable failed
         self._wakeup: anyio.Event | None = None
         self._scope: anyio.CancelScope | None = None
-        self._started = self._finished = self._done = False
+        self._started = self._finished = self._done = self._failed = False
         self._next = 0
         self._held: dict[int, tuple[bool, Any]] = {}
 
@@ -801,6 +821,9 @@ class _MapIterator(AsyncIterator[T]):
                 self._held[index] = (ok, value)
                 continue
             if self._finished:
+                if self._held:  # a call before these was cancelled: what is left, in order
+                    self._next = min(self._held)
+                    continue
                 break
             self._wakeup = anyio.Event()
             await self._wakeup.wait()
@@ -842,7 +865,9 @@ class _MapIterator(AsyncIterator[T]):
                 value = await self._pool.run(self._fn, *args)
             except Exception as exc:
                 self._put(index, False, exc)
-                self._scope.cancel()  # type: ignore[union-attr]
+                self._failed = True  # no new calls; those running finish, for the order
+                if not self._ordered:
+                    self._scope.cancel()  # type: ignore[union-attr]
             else:
                 self._put(index, True, value)
             finally:
@@ -857,7 +882,7 @@ class _MapIterator(AsyncIterator[T]):
                     index = 0
                     async for args in items:
                         await limit.acquire()
-                        if self._done:
+                        if self._done or self._failed:
                             break
                         tg.start_soon(one, index, args)
                         index += 1
@@ -1031,7 +1056,10 @@ def _template_main(
                         os.read(wake_r, 512)
                     _reap(workers, sock)
                     continue
-                record = sock.recv(_RECORD.size)
+                try:
+                    record = sock.recv(_RECORD.size)
+                except OSError:
+                    record = b""
                 if len(record) < _RECORD.size:
                     running = False
                     break
