@@ -591,9 +591,10 @@ async def test_cancelling_the_block_stops_everything(anyio_backend: object, tmp_
     with anyio.CancelScope() as scope:
         async with ForkPool(2, grace=0.5) as pool, anyio.create_task_group() as tg:
             tg.start_soon(pool.run, announce_then_sleep, str(started), 60, True)
-            for _ in range(4):
-                tg.start_soon(pool.run, sleep_then, 60)
             await wait_until(started.exists)
+            for _ in range(4):  # one more running, three queued
+                tg.start_soon(pool.run, sleep_then, 60)
+            await wait_until(lambda: len(pool._queue) == 3)
             scope.cancel()
     assert not pid_alive(int(started.read_text()))
 

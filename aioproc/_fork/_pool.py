@@ -323,6 +323,8 @@ class ForkPool:
                 with contextlib.suppress(BrokenResourceError):  # it died: EOF tells below
                     await worker.requests.send_whole(call.frame)
             outcome = await _read_frame(worker.results)
+        except ClosedResourceError:
+            outcome = None  # the pool was killed under us (_kill_now): the worker is gone
         except BaseException:
             self._abandon(worker)
             raise
