@@ -7,10 +7,13 @@
 * :class:`ChildScope` owns children you start and do not await;
 * :func:`fork` and :func:`fork_call` run a Python callable in an ``os.fork()``
   child and bring its result back, with a message channel both ways;
+* :class:`ForkPool` runs callables in warm forked workers, and replaces a worker
+  that dies;
 * :func:`pipeline` and :func:`run_pipeline` run ``a | b | c`` over kernel
   pipes, with bash's exit-status rules and one stop for every stage;
 * ``open_process(cmd, pty=True)`` runs a child on a terminal of its own, and
-  :func:`expect` waits for a pattern in its output.
+  :func:`expect` waits for a pattern in its output;
+* :mod:`aioproc.ssh` runs all of this on other hosts, over OpenSSH.
 
 The first two accept what anyio's functions of the same names accept. One child
 watcher per process reaps exactly the children aioproc started: through a
@@ -31,7 +34,9 @@ from ._fork import (
     ChildDied,
     ForkedProcess,
     ForkOpener,
+    ForkPool,
     ParentChannel,
+    PoolBroken,
     fork,
     fork_call,
     parent_channel,
@@ -77,6 +82,7 @@ __all__ = [
     "ExpectMatch",
     "ExpectTimeout",
     "ForkOpener",
+    "ForkPool",
     "ForkedProcess",
     "ParentChannel",
     "PipeReceiveStream",
@@ -84,6 +90,7 @@ __all__ = [
     "Pipeline",
     "PipelineError",
     "PipelineOpener",
+    "PoolBroken",
     "Process",
     "ProcessOpener",
     "Pty",

@@ -20,6 +20,7 @@ MEASUREMENTS = (
     "pty",
     "capture",
     "ssh",
+    "pool",
 )
 
 

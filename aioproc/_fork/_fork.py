@@ -308,7 +308,7 @@ def _loop_factory(backend: Backend) -> Callable[[], asyncio.AbstractEventLoop] |
     return asyncio.new_event_loop
 
 
-def _check_threads(on_threads: OnThreads) -> None:
+def _check_threads(on_threads: OnThreads, who: str = "aioproc.fork()", stacklevel: int = 4) -> None:
     if on_threads == "allow":
         return
     current = threading.current_thread()
@@ -320,7 +320,7 @@ def _check_threads(on_threads: OnThreads) -> None:
     if not others:
         return
     message = (
-        f"aioproc.fork(): {len(others)} other thread(s) run in this process "
+        f"{who}: {len(others)} other thread(s) run in this process "
         f"({', '.join(others[:5])}{', ...' if len(others) > 5 else ''}). The child is a "
         "copy of this process with only the forking thread in it: a lock that another "
         "thread held at that moment (in logging, an import, an allocator, any library) "
@@ -331,8 +331,8 @@ def _check_threads(on_threads: OnThreads) -> None:
     )
     if on_threads == "refuse":
         raise RuntimeError(message)
-    # Four frames up: the caller of fork_call(), or of `async with fork()`.
-    warnings.warn(message, RuntimeWarning, stacklevel=4)
+    # Four frames up by default: the caller of fork_call(), or of `async with fork()`.
+    warnings.warn(message, RuntimeWarning, stacklevel=stacklevel)
 
 
 class ForkedProcess(NativeProcess):
