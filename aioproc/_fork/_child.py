@@ -40,7 +40,14 @@ if TYPE_CHECKING:
 
     from ._channel import ParentChannel
 
-__all__ = ["ALL_SIGNALS", "csignal", "flush_output", "handlers_to_reset", "run_child"]
+__all__ = [
+    "ALL_SIGNALS",
+    "csignal",
+    "exit_child",
+    "flush_output",
+    "handlers_to_reset",
+    "run_child",
+]
 
 _EX_SOFTWARE = 70  # aioproc itself failed in the child (sysexits.h)
 ALL_SIGNALS = frozenset(signal.valid_signals())
@@ -98,15 +105,21 @@ def run_child(
         except BaseException:
             traceback.print_exc()
     finally:
-        try:
-            csignal.pthread_sigmask(signal.SIG_BLOCK, ALL_SIGNALS)
-            flush_output()
-            if status < 0:  # die by that signal, as Python does on KeyboardInterrupt
-                signal.signal(-status, signal.SIG_DFL)
-                signal.pthread_sigmask(signal.SIG_UNBLOCK, {-status})
-                os.kill(os.getpid(), -status)
-        finally:
-            os._exit(status if status >= 0 else 128 - status)
+        exit_child(status)
+
+
+def exit_child(status: int) -> NoReturn:  # pragma: no cover - in a child
+    """End a forked child: flush its output, then exit with ``status``, or die by
+    signal ``-status`` when it is negative, as Python does on KeyboardInterrupt."""
+    try:
+        csignal.pthread_sigmask(signal.SIG_BLOCK, ALL_SIGNALS)
+        flush_output()
+        if status < 0:
+            signal.signal(-status, signal.SIG_DFL)
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, {-status})
+            os.kill(os.getpid(), -status)
+    finally:
+        os._exit(status if status >= 0 else 128 - status)
 
 
 def _call(

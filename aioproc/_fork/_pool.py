@@ -65,6 +65,7 @@ from ._child import (
     _pack_exception,
     _pickle,
     csignal,
+    exit_child,
     flush_output,
     handlers_to_reset,
 )
@@ -1150,15 +1151,7 @@ def _worker_main(
         except BaseException:
             traceback.print_exc()
     finally:
-        try:
-            csignal.pthread_sigmask(signal.SIG_BLOCK, ALL_SIGNALS)
-            flush_output()
-            if status < 0:  # die by that signal, as Python does on KeyboardInterrupt
-                signal.signal(-status, signal.SIG_DFL)
-                signal.pthread_sigmask(signal.SIG_UNBLOCK, {-status})
-                os.kill(os.getpid(), -status)
-        finally:
-            os._exit(status if status >= 0 else 128 - status)
+        exit_child(status)
 
 
 def _serve(requests: int, results: int, spec: _WorkerSpec) -> int:  # pragma: no cover
