@@ -28,7 +28,7 @@ import os
 import signal
 import subprocess
 import threading
-from collections.abc import Generator, Mapping
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -38,6 +38,7 @@ from .._backends import current_backend, run_to_completion
 from .._spawn import (
     FdReceiveStream,
     FdSendStream,
+    Opener,
     PipeReceiveStream,
     PipeSendStream,
     Process,
@@ -312,31 +313,15 @@ class Pipeline:
             self._forget_large_pipes()
 
 
-class PipelineOpener:
+class PipelineOpener(Opener[Pipeline]):
     """What :func:`pipeline` returns: await it, or use it with ``async with``."""
 
-    __slots__ = ("_commands", "_options", "_pipeline")
+    __slots__ = ("_commands", "_options")
 
     def __init__(self, commands: tuple[Command | Stage, ...], **options: Any) -> None:
+        super().__init__()
         self._commands = commands
         self._options = options
-        self._pipeline: Pipeline | None = None
-
-    def __await__(self) -> Generator[Any, None, Pipeline]:
-        return self._open().__await__()
-
-    async def __aenter__(self) -> Pipeline:
-        self._pipeline = await self._open()
-        return self._pipeline
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc_val: BaseException | None,
-        exc_tb: TracebackType | None,
-    ) -> None:
-        assert self._pipeline is not None
-        await self._pipeline.__aexit__(exc_type, exc_val, exc_tb)
 
     async def _open(self) -> Pipeline:
         return await _start(self._commands, **self._options)

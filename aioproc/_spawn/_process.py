@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import signal
 from abc import ABC, abstractmethod
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
 import anyio
 import anyio.abc
@@ -347,11 +347,23 @@ async def _feed(stdin: PipeSendStream, pending: PendingInput | None) -> None:
     await anyio.lowlevel.checkpoint()
 
 
-ProcessT = TypeVar("ProcessT", bound=Process)
+class _Stoppable(Protocol):
+    """What an :class:`Opener` opens: a process, or a group of them (a pipeline)."""
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc_val: BaseException | None,
+        exc_tb: TracebackType | None,
+    ) -> None: ...
+
+
+ProcessT = TypeVar("ProcessT", bound=_Stoppable)
 
 
 class Opener(ABC, Generic[ProcessT]):
-    """What ``open_process()`` and ``fork()`` return: await it, or use it with ``async with``.
+    """What ``open_process()``, ``fork()`` and ``pipeline()`` return: await it, or use it
+    with ``async with``.
 
     Awaited, it gives the process, which the caller then owns. Used with
     ``async with``, it gives the process for the block and, on the way out,
