@@ -38,7 +38,7 @@ def example_id(example: CodeExample) -> str:
 
 # The trio test runner and earlier tests may leave idle worker threads, which a
 # fork warns about (see the fork safety rules): the advice of docs/how-it-works.md.
-@pytest.mark.filterwarnings(r"ignore:aioproc\.fork\(\).* other thread:RuntimeWarning")
+@pytest.mark.filterwarnings(r"ignore:aioproc\.(fork\(\)|ForkPool).* other thread:RuntimeWarning")
 @pytest.mark.parametrize("backend", ["asyncio", "trio"])
 @pytest.mark.parametrize("example", EXAMPLES, ids=example_id)
 def test_example(
