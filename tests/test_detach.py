@@ -668,6 +668,24 @@ async def test_a_fifo_with_nobody_at_the_other_end_does_not_freeze_the_loop(
 
 
 @pytest.mark.parametrize("name", ["stdout", "stdin"])
+async def test_a_fifo_open_cancelled_before_it_starts_leaves_no_thread(
+    anyio_backend: object, tmp_path: Path, name: str
+) -> None:
+    """Cancelled before its worker thread ran, the open never happens, and nothing
+    is left trying to release it."""
+    from aioproc._unattended._detach import _Opening
+
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    flags = os.O_RDONLY if name == "stdin" else os.O_WRONLY
+    with anyio.CancelScope() as scope:
+        scope.cancel()
+        await _Opening(fifo, flags).run()
+    await anyio.sleep(0.1)
+    assert not [t for t in threading.enumerate() if t.name.startswith("aioproc detach")]
+
+
+@pytest.mark.parametrize("name", ["stdout", "stdin"])
 async def test_a_fifo_works_once_the_other_end_is_opened(
     anyio_backend: object, strays: Strays, tmp_path: Path, name: str
 ) -> None:

@@ -427,7 +427,8 @@ class _Opening:
 
     An abandoned open that succeeds later closes its fd itself. One that waits
     on a FIFO for the other end is released by opening that end, non-blocking,
-    and closing it again, until the thread has returned.
+    and closing it again, until the thread has returned. One abandoned before its
+    thread started never opens.
     """
 
     def __init__(self, path: StrOrBytesPath, flags: int) -> None:
@@ -435,6 +436,7 @@ class _Opening:
         self._flags = flags | os.O_CLOEXEC
         self._lock = threading.Lock()
         self._abandoned = False
+        self._started = False
         self._returned = threading.Event()
         self._fd = -1
 
@@ -445,15 +447,20 @@ class _Opening:
             with self._lock:
                 self._abandoned = True
                 fd, self._fd = self._fd, -1
+                started = self._started
             if fd >= 0:
                 os.close(fd)
-            if not self._returned.is_set():
+            if started and not self._returned.is_set():
                 threading.Thread(
                     target=self._release, name="aioproc detach: abandoned open", daemon=True
                 ).start()
             raise
 
     def _open(self) -> int:
+        with self._lock:
+            if self._abandoned:  # cancelled before this thread ran: nothing to release
+                return -1
+            self._started = True
         try:
             fd = os.open(self._path, self._flags, 0o666)
         finally:
