@@ -264,7 +264,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "stdlib. Markdown on stdout, progress on stderr, JSON and PNG in --out.",
     )
     size = parser.add_mutually_exclusive_group()
-    size.add_argument("--quick", action="store_true", help="smaller sizes, 2 rounds (< 2 min)")
+    size.add_argument(
+        "--quick",
+        action="store_true",
+        help="smaller sizes, 2 rounds (minutes: see benchmarks/README.md)",
+    )
     size.add_argument(
         "--smoke", action="store_true", help="tiny sizes, 1 round: proves the scripts run"
     )
