@@ -664,12 +664,11 @@ async def test_a_fifo_with_nobody_at_the_other_end_does_not_freeze_the_loop(
         rescue.cancel()
     assert scope.cancelled_caught
     assert not _sleeping(token)
-    # The abandoned open is released and closes what it opened, in its own thread,
-    # which a loaded machine may run late: wait for that, then the leak check runs.
-    for _ in range(3000):
-        if not any(os.path.realpath(f"/proc/self/fd/{fd}") == str(fifo) for fd in _our_fds()):
-            break
-        await anyio.sleep(0.01)
+    # The abandoned open is released (a thread opens the other end until the open
+    # has returned) and closes what it opened, in threads a loaded machine may run
+    # late. Before the open returns no fd names the FIFO, so wait for the releasing
+    # thread to end first, then for the fd to close; the leak check runs after.
+    await _abandoned_open_finished(fifo)
 
 
 @pytest.mark.parametrize("name", ["stdout", "stdin"])
@@ -720,6 +719,20 @@ async def test_a_fifo_works_once_the_other_end_is_opened(
         assert received == [b"through the fifo\n"]
     else:
         assert (tmp_path / "out").read_bytes() == b"into the fifo\n"
+
+
+async def _abandoned_open_finished(fifo: Path) -> None:
+    def releasing() -> list[str]:
+        return [t.name for t in threading.enumerate() if t.name.startswith("aioproc detach")]
+
+    def holding() -> list[str]:
+        return [fd for fd in _our_fds() if os.path.realpath(f"/proc/self/fd/{fd}") == str(fifo)]
+
+    for _ in range(3000):
+        if not releasing() and not holding():
+            return
+        await anyio.sleep(0.01)
+    pytest.fail(f"after 30 s: releasing threads {releasing()}, fds on the FIFO {holding()}")
 
 
 def _our_fds() -> list[str]:
