@@ -5,7 +5,11 @@ needs root and the user ``sshtest``, as the tests do) with 8 ports, one "host"
 each. The reference is the raw client over a master of the same kind
 (``ssh -M -S ctl -N``, started outside the timing):
 
-* ``latency``: sequential ``true``, commands/s; raw: ``ssh -S ctl host true``;
+* ``latency``: sequential ``true``, commands/s; raw: ``ssh -S ctl host true``.
+  The remote ``sh -c true`` runs the shell's builtin ``true`` and execs nothing,
+  where aioproc execs the program (``/bin/true``), as it does any program of a
+  sequence; the row ``raw ssh client, same master, exec`` runs ``ssh -S ctl
+  host 'exec true'``, which does the same work as aioproc, to show that part;
 * ``throughput``: remote ``head -c N /dev/zero`` read to EOF, MB/s (10⁶ bytes);
   raw: ``ssh -S ctl host 'head -c N /dev/zero' | cat >/dev/null``;
 * ``fan-out``: 200 ``true`` over the 8 hosts, commands/s; aioproc's
@@ -28,6 +32,7 @@ from ._core import Case, Impl, Measurement, Metric, Mode, run_on
 
 API = "aioproc.ssh"
 RAW = Impl("raw ssh client, same master")
+RAW_EXEC = Impl("raw ssh client, same master, exec")  # latency: `exec true`, as aioproc does
 FAN_OUT = 200
 
 
@@ -42,7 +47,7 @@ def cases(mode: Mode) -> list[Case]:
     ]
 
 
-def _raw(server: Any, params: dict[str, Any]) -> float:
+def _raw(server: Any, params: dict[str, Any], exec_: bool = False) -> float:
     directory = tempfile.mkdtemp(prefix="aioproc-bench-", dir="/tmp")
     control = os.path.join(directory, "%n")
     masters = []
@@ -65,10 +70,11 @@ def _raw(server: Any, params: dict[str, Any]) -> float:
         ssh = ["ssh", "-F", server.config, "-S", control]
         kind = params["kind"]
         if kind == "latency":
-            subprocess.run([*ssh, host, "true"], check=True)
+            remote = "exec true" if exec_ else "true"
+            subprocess.run([*ssh, host, remote], check=True)
             start = time.perf_counter()
             for _ in range(params["count"]):
-                subprocess.run([*ssh, host, "true"], check=True)
+                subprocess.run([*ssh, host, remote], check=True)
             return params["count"] / (time.perf_counter() - start)
         if kind == "throughput":
             command = (
@@ -158,8 +164,8 @@ def run(impl: Impl, params: dict[str, Any]) -> dict[str, float]:
 
     server = start_server()
     try:
-        if impl == RAW:
-            rate = _raw(server, params)
+        if impl in (RAW, RAW_EXEC):
+            rate = _raw(server, params, exec_=impl == RAW_EXEC)
         else:
             assert impl.loop is not None
             rate = _aioproc(server, impl.loop, params)
@@ -172,7 +178,7 @@ def run(impl: Impl, params: dict[str, Any]) -> dict[str, float]:
 MEASUREMENT = Measurement(
     name="ssh",
     title="ssh: remote commands through one master, against the raw ssh client",
-    impls=(Impl(API, "asyncio"), Impl(API, "uvloop"), Impl(API, "trio"), RAW),
+    impls=(Impl(API, "asyncio"), Impl(API, "uvloop"), Impl(API, "trio"), RAW, RAW_EXEC),
     reference=RAW,
     metrics=(Metric("rate", "commands/s, or MB/s", higher_is_better=True, fmt="{:,.1f}"),),
     cases=cases,
