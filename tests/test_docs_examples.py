@@ -90,7 +90,7 @@ def test_readme_is_a_landing_page() -> None:
     """At most 150 lines, and its test command is the one CI runs."""
     readme = (ROOT / "README.md").read_text()
     assert len(readme.splitlines()) <= 150
-    command = "python -X dev -W error::ResourceWarning -m pytest"
+    command = "python -X dev -W error -m pytest -n auto"
     assert f"python -m pip install -e '.[test]' && {command}\n" in readme
     ci = (ROOT / ".ci" / "run").read_text()
     assert f"AIOPROC_CHILD_WATCHER=$watcher {command} -q\n" in ci, "README and .ci/run differ"
