@@ -110,9 +110,15 @@ def run_worker(measurement: Measurement, case: Case, impl: Impl, timeout: float)
         try:
             _, stderr_bytes = worker.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:
+            # SIGTERM first: the worker unwinds and stops what left its session
+            # (a daemonized sshd), and says where it was; then SIGKILL the rest.
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(worker.pid, signal.SIGTERM)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                worker.wait(timeout=10)
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(worker.pid, signal.SIGKILL)
-            _, stderr_bytes = worker.communicate()
+            _, stderr_bytes = worker.communicate()  # all of it, what came before included
             stderr = stderr_bytes.decode(errors="replace")
             return Run(None, f"timed out after {timeout:g} s", stderr, time.monotonic() - start)
         seconds = time.monotonic() - start

@@ -9,14 +9,25 @@ from __future__ import annotations
 
 import importlib
 import json
+import signal
 import sys
+import traceback
 from pathlib import Path
 
 # Absolute, not relative: anyio.to_process re-imports this file as a script in its workers.
 from benchmarks._core import Measurement, by_name
 
 
+def _timed_out(signum: int, frame: object) -> None:
+    """The runner's timeout: say where this run was, and unwind (its finally blocks
+    stop what it started outside its session, such as the ssh measurement's sshd)."""
+    print("timed out; the run was at:", file=sys.stderr)
+    traceback.print_stack(frame, file=sys.stderr)  # type: ignore[arg-type]
+    raise SystemExit(3)
+
+
 def main(argv: list[str]) -> int:
+    signal.signal(signal.SIGTERM, _timed_out)
     if len(argv) != 5:
         print(__doc__, file=sys.stderr)
         return 2

@@ -59,12 +59,15 @@ def _raw(server: Any, params: dict[str, Any], exec_: bool = False) -> float:
                     stdin=subprocess.DEVNULL,
                 )
             )
-        for host in server.hosts:
+        deadline = time.monotonic() + 30
+        for host, master in zip(server.hosts, masters, strict=True):
             while subprocess.run(
                 ["ssh", "-F", server.config, "-S", control, "-O", "check", host],
                 capture_output=True,
                 check=False,
             ).returncode:
+                if master.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"the raw master to {host} is not up: {master.poll()}")
                 time.sleep(0.01)
         host = server.hosts[0]
         ssh = ["ssh", "-F", server.config, "-S", control]

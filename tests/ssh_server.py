@@ -146,10 +146,32 @@ class SSHServer:
 
 
 def start_server(hosts: int = HOSTS) -> SSHServer:
-    """Start sshd on ``hosts`` free ports of 127.0.0.1, and wait until each port answers."""
+    """Start sshd on ``hosts`` free ports of 127.0.0.1, and wait until each port answers.
+
+    A port found free can be taken by another process (another test worker's sshd)
+    before our sshd binds it; sshd then listens on the others only, and the port
+    would answer with the other server's key. So a server that could not bind every
+    port is stopped, and another started on other ports.
+    """
     missing = sshd_missing()
     if missing:
         raise RuntimeError(missing)
+    for _ in range(_ATTEMPTS - 1):
+        try:
+            return _start_server(hosts)
+        except _PortTaken:
+            continue
+    return _start_server(hosts)
+
+
+_ATTEMPTS = 5
+
+
+class _PortTaken(RuntimeError):
+    pass
+
+
+def _start_server(hosts: int) -> SSHServer:
     directory = tempfile.mkdtemp(prefix="aioproc-sshd-")
     # sshd reads the authorized keys as the user: let it through the directory.
     os.chmod(directory, 0o755)
@@ -225,6 +247,13 @@ def start_server(hosts: int = HOSTS) -> SSHServer:
             if time.monotonic() > deadline:
                 raise RuntimeError("sshd wrote no PidFile") from None
             time.sleep(0.01)
+    with open(path("sshd.log")) as f:
+        log = f.read()
+    if "Bind to port" in log:  # logged before it went to the background
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+        shutil.rmtree(directory, ignore_errors=True)
+        raise _PortTaken(log)
     server = SSHServer(
         directory,
         ports,
