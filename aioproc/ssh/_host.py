@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shlex
 import shutil
-import signal
 import subprocess
 import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
@@ -437,8 +437,6 @@ class Host:
         for name, value in (("stdout", stdout), ("stderr", stderr)):
             if value is not None and (not isinstance(value, str) or not value or "\0" in value):
                 raise ValueError(f"{name} must be a remote file name, not {value!r}")
-        import shlex
-
         errors = "2>&1" if stderr is None else f"2>>{shlex.quote(stderr)}"
         check = "command -v setsid >/dev/null 2>&1 || { echo 'setsid: not found' >&2; exit 127; }; "
         if program is not None:
@@ -471,6 +469,3 @@ async def _copy(stream: Any, fd: int) -> None:
                 view = view[os.write(fd, view) :]
     except (anyio.ClosedResourceError, anyio.BrokenResourceError, OSError):
         pass
-
-
-_ = signal  # re-exported names stay stable for type checkers
