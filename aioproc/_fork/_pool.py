@@ -238,8 +238,8 @@ class ForkPool:
         try:
             # The first workers are asked for before the template exists: it forks
             # them as soon as it runs, not once we are done with our side of the fork
-            # (copying the pages we touch, setting up the watch), which halves the
-            # time to the first result.
+            # (copying the pages we touch, setting up the watch): about 1 ms of the
+            # 7 to the first result, measured here.
             for _ in range(self._size):
                 ours.send(_RECORD.pack(_SPAWN, 0, 0))
             sigmask = csignal.pthread_sigmask(signal.SIG_BLOCK, ALL_SIGNALS)
