@@ -70,6 +70,26 @@ def pid_alive(pid: int) -> bool:
     return stat[stat.rindex(")") + 2] != "Z"
 
 
+async def running(pid: int, program: str, within: float = 30.0) -> None:
+    """Wait until ``pid`` runs ``program`` (its ``/proc`` name): past any wrapper's exec.
+
+    A signal sent earlier reaches the wrapper (a Python that resets dispositions,
+    or a shell), which may die of it differently; a fixed sleep is not enough on
+    a loaded machine.
+    """
+    import anyio
+
+    with anyio.fail_after(within):
+        while True:
+            try:
+                with open(f"/proc/{pid}/comm") as f:
+                    if f.read().strip() == program:
+                        return
+            except OSError:
+                pass
+            await anyio.sleep(0.005)
+
+
 def py(code: str) -> list[str]:
     """A command running ``code`` in a fresh Python."""
     return [PY, "-c", code]

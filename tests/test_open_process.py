@@ -13,7 +13,7 @@ import pytest
 
 import aioproc
 
-from .helpers import pid_alive, py, with_default_signals
+from .helpers import pid_alive, py, running, with_default_signals
 
 
 async def test_async_with_opener(engine: str) -> None:
@@ -74,7 +74,7 @@ async def test_killed_by_signal_gives_minus_n(engine: str, sig: signal.Signals) 
     async with aioproc.open_process(
         with_default_signals(["sh", "-c", "ulimit -c 0; exec sleep 30"], sig), engine=engine
     ) as process:
-        await anyio.sleep(0.3)  # let the shell reach the exec
+        await running(process.pid, "sleep")  # past the wrappers' resets and exec
         process.send_signal(sig)
         assert await process.wait() == -sig
 

@@ -12,7 +12,7 @@ import pytest
 import aioproc
 from aioproc import Process
 
-from .helpers import pid_alive, py, with_default_signals
+from .helpers import pid_alive, py, running, with_default_signals
 
 # A child that reports each SIGTERM on stdout and otherwise ignores it.
 STUBBORN = py(
@@ -134,12 +134,14 @@ async def test_deliver_cancel_replaces_the_default(engine: str) -> None:
         calls.append(process.pid)
         process.send_signal(signal.SIGINT)
 
-    with anyio.move_on_after(0.2):
+    with anyio.CancelScope() as scope:
         async with aioproc.open_process(
             with_default_signals(["sleep", "60"], signal.SIGINT),
             deliver_cancel=interrupt,
             engine=engine,
         ) as process:
+            await running(process.pid, "sleep")  # the wrapper has reset SIGINT
+            scope.cancel()
             await process.wait()
     assert calls == [process.pid]
     assert process.returncode == -signal.SIGINT

@@ -257,6 +257,52 @@ async def test_stderr_choices(server: SSHServer, tmp_path: object) -> None:
         await wait_until(lambda: read_file(path) == b"err\n")
 
 
+@pytest.mark.anyio
+async def test_a_remote_stage_between_local_pipelines(server: SSHServer) -> None:
+    """``a | ssh host b | c``: the remote command's streams are the pipelines' ends, and
+    the kernel moves the bytes (the ssh client reads and writes the pipes itself)."""
+    data = os.urandom(8 << 20)
+    async with connected(server) as host, host.open_process(["gzip", "-1"]) as remote:
+        assert remote.stdin is not None
+        async with (
+            aioproc.pipeline(["cat"], ["cat"], stdout=remote.stdin, stderr=None) as upstream,
+            aioproc.pipeline(["gunzip"], ["sha256sum"], stdin=remote.stdout, stderr=None) as down,
+        ):
+            assert upstream.stdin is not None
+            assert down.stdout is not None
+            async with anyio.create_task_group() as tg:
+
+                async def feed() -> None:
+                    assert upstream.stdin is not None
+                    await upstream.stdin.send(data)
+                    await upstream.stdin.aclose()
+
+                tg.start_soon(feed)
+                digest = await down.stdout.read_all()
+            assert await upstream.wait() == 0
+            assert await down.wait() == 0
+        assert await remote.wait() == 0
+    assert digest.split()[0].decode() == hashlib.sha256(data).hexdigest()
+
+
+@pytest.mark.anyio
+async def test_leaving_by_an_error_stops_the_local_and_the_remote_stages(
+    server: SSHServer,
+) -> None:
+    with pytest.raises(KeyError):
+        async with connected(server) as host, host.open_process(["cat"]) as remote:
+            assert remote.stdin is not None
+            async with aioproc.pipeline(
+                ["yes"], ["cat"], stdin=subprocess.DEVNULL, stdout=remote.stdin, stderr=None
+            ) as local:
+                assert remote.stdout is not None
+                assert await remote.stdout.receive(1)  # bytes made it across
+                raise KeyError
+    assert local.returncodes == [-signal.SIGTERM, -signal.SIGTERM]
+    assert remote.returncode is not None
+    # the server fixture checks that no remote process is left
+
+
 # -- stopping reaches the remote command -------------------------------------------------
 
 
