@@ -307,6 +307,25 @@ async def test_leaving_by_an_error_stops_the_local_and_the_remote_stages(
 
 
 @pytest.mark.anyio
+@pytest.mark.parametrize("leave", ["error", "normally"])
+async def test_leaving_with_output_unread_does_not_hang(server: SSHServer, leave: str) -> None:
+    """The local client cannot exit while it holds output nobody reads: the stop (and
+    aclose) close our ends first. This hung for ever before."""
+    async with connected(server) as host:
+        with anyio.fail_after(GRACE + 10):
+            try:
+                async with host.open_process(["yes"], stdin=subprocess.DEVNULL) as process:
+                    assert process.stdout is not None
+                    assert await process.stdout.receive(1)
+                    if leave == "error":
+                        raise KeyError
+            except KeyError:
+                pass
+    expected = -signal.SIGTERM if leave == "error" else 255  # 255: ssh's EPIPE, as `| head`
+    assert process.returncode == expected
+
+
+@pytest.mark.anyio
 async def test_leaving_by_error_stops_the_remote_group(server: SSHServer) -> None:
     async with connected(server) as host:
         with pytest.raises(KeyError):

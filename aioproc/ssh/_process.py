@@ -61,6 +61,7 @@ class RemoteProcess(Process):
         self._returncode: int | None = None
         self._error: SSHError | None = None
         self._last_signal: int | None = None
+        self._stopping = False
         self._released = False
 
     @property
@@ -127,6 +128,24 @@ class RemoteProcess(Process):
     def _noise_text(self) -> str:
         return b"".join(self._noise).decode(errors="replace")
 
+    def _close_output(self) -> None:
+        """Close our ends of the client's stdout and stderr, while stopping.
+
+        The local client exits only once it has written out what the remote
+        command sent; with nobody reading, it would block on a full pipe for
+        ever, long after the remote command is gone. Closed, its writes fail and
+        it exits. (A local child needs none of this: a signal ends it anyway.)
+        """
+        for stream in (self._client.stdout, self._client.stderr):
+            if stream is not None:
+                stream.close()
+
+    async def _stop(self, grace: float) -> BaseException | None:
+        self._stopping = True
+        if self._deliver_cancel is None:
+            self._close_output()  # what is left unread is dropped by a stop in any case
+        return await super()._stop(grace)
+
     # -- the mechanism Process asks for -----------------------------------------------------
 
     async def _wait_for_exit(self) -> None:
@@ -174,6 +193,8 @@ class RemoteProcess(Process):
             return
         self._last_signal = sig
         self._host._send_to_guard(sig, self._pgid)
+        if sig == signal.SIGKILL and self._stopping:
+            self._close_output()  # a deliver_cancel that failed: nothing will read it
 
     def _release(self) -> None:
         if self._released:
