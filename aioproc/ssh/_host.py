@@ -444,10 +444,16 @@ class Host:
                 f"command -v -- {shlex.quote(program)} >/dev/null 2>&1 || "
                 "{ echo 'aioproc-error program' >&2; exit 127; }; "
             )
+        # The command reports its own pid once setsid() has made it a session of its
+        # own, on fd 3 (our stdout), and closes that fd: our read ends then, never
+        # before. Reported earlier (`& echo $!`), the connection could close, and the
+        # guard stop the wrapper's process group, while the command was still in it.
+        inner = f"echo $$ >&3; exec 3>&-; exec {command_line}"
         script = (
             prelude(cwd, checked_env)
             + check
-            + f"nohup setsid {command_line} </dev/null >>{shlex.quote(stdout)} {errors} & echo $!"
+            + f"nohup setsid /bin/sh -c {shlex.quote(inner)} 3>&1 </dev/null"
+            + f" >>{shlex.quote(stdout)} {errors} &"
         )
         result = await self.run_process(script, check=False)
         err = (result.stderr or b"").decode(errors="replace")
