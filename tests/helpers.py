@@ -7,6 +7,8 @@ import signal
 import sys
 import threading
 
+import anyio
+
 import aioproc
 
 PY = sys.executable
@@ -77,8 +79,6 @@ async def running(pid: int, program: str, within: float = 30.0) -> None:
     or a shell), which may die of it differently; a fixed sleep is not enough on
     a loaded machine.
     """
-    import anyio
-
     with anyio.fail_after(within):
         while True:
             try:

@@ -145,6 +145,13 @@ class SSHServer:
         shutil.rmtree(self.directory, ignore_errors=True)
 
 
+_ATTEMPTS = 5  # sshd starts on fresh ports at most this many times
+
+
+class _PortTaken(RuntimeError):
+    pass
+
+
 def start_server(hosts: int = HOSTS) -> SSHServer:
     """Start sshd on ``hosts`` free ports of 127.0.0.1, and wait until each port answers.
 
@@ -162,13 +169,6 @@ def start_server(hosts: int = HOSTS) -> SSHServer:
         except _PortTaken:
             continue
     return _start_server(hosts)
-
-
-_ATTEMPTS = 5
-
-
-class _PortTaken(RuntimeError):
-    pass
 
 
 def _start_server(hosts: int) -> SSHServer:
