@@ -6,10 +6,12 @@ each. The reference is the raw client over a master of the same kind
 (``ssh -M -S ctl -N``, started outside the timing):
 
 * ``latency``: sequential ``true``, commands/s; raw: ``ssh -S ctl host true``.
-  The remote ``sh -c true`` runs the shell's builtin ``true`` and execs nothing,
-  where aioproc execs the program (``/bin/true``), as it does any program of a
-  sequence; the row ``raw ssh client, same master, exec`` runs ``ssh -S ctl
-  host 'exec true'``, which does the same work as aioproc, to show that part;
+  aioproc asks the master for each session itself (``aioproc/ssh/_mux.py``),
+  where the raw way starts an ``ssh`` client to do that. The remote ``sh -c
+  true`` runs the shell's builtin ``true`` and execs nothing, where aioproc
+  execs the program (``/bin/true``), as it does any program of a sequence; the
+  row ``raw ssh client, same master, exec`` runs ``ssh -S ctl host 'exec
+  true'``, the same remote work as aioproc's;
 * ``throughput``: remote ``head -c N /dev/zero`` read to EOF, MB/s (10⁶ bytes);
   raw: ``ssh -S ctl host 'head -c N /dev/zero' | cat >/dev/null``;
 * ``fan-out``: 200 ``true`` over the 8 hosts, commands/s; aioproc's

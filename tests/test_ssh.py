@@ -23,7 +23,7 @@ import pytest
 import aioproc
 from aioproc import ssh
 
-from .helpers import helper_code
+from .helpers import children_of_us, helper_code
 from .ssh_server import SSHServer, sshd_missing, start_server
 
 GRACE = 0.5  # the guard's grace in these tests, seconds
@@ -260,7 +260,7 @@ async def test_stderr_choices(server: SSHServer, tmp_path: object) -> None:
 @pytest.mark.anyio
 async def test_a_remote_stage_between_local_pipelines(server: SSHServer) -> None:
     """``a | ssh host b | c``: the remote command's streams are the pipelines' ends, and
-    the kernel moves the bytes (the ssh client reads and writes the pipes itself)."""
+    the kernel moves the bytes (the master reads and writes the pipes itself)."""
     data = os.urandom(8 << 20)
     async with connected(server) as host, host.open_process(["gzip", "-1"]) as remote:
         assert remote.stdin is not None
@@ -309,7 +309,7 @@ async def test_leaving_by_an_error_stops_the_local_and_the_remote_stages(
 @pytest.mark.anyio
 @pytest.mark.parametrize("leave", ["error", "normally"])
 async def test_leaving_with_output_unread_does_not_hang(server: SSHServer, leave: str) -> None:
-    """The local client cannot exit while it holds output nobody reads: the stop (and
+    """The master cannot end a session while it holds output nobody reads: the stop (and
     aclose) close our ends first. This hung for ever before."""
     async with connected(server) as host:
         with anyio.fail_after(GRACE + 10):
@@ -321,7 +321,8 @@ async def test_leaving_with_output_unread_does_not_hang(server: SSHServer, leave
                         raise KeyError
             except KeyError:
                 pass
-    expected = -signal.SIGTERM if leave == "error" else 255  # 255: ssh's EPIPE, as `| head`
+    # 255: `yes` died of SIGPIPE, a signal that was not ours, reported as ssh reports it.
+    expected = -signal.SIGTERM if leave == "error" else 255
     assert process.returncode == expected
 
 
@@ -549,7 +550,7 @@ async def test_max_sessions_queues_instead_of_logging_in_again(server: SSHServer
 @pytest.mark.anyio
 async def test_a_refused_session_is_an_error_never_a_fresh_login(server: SSHServer) -> None:
     # max_sessions above the server's MaxSessions (10, one of them the guard's):
-    # the master refuses the extra sessions, and the client may not log in anew.
+    # the master refuses the extra sessions; nothing may log in anew.
     outcomes: list[object] = []
 
     async def run() -> None:
@@ -564,9 +565,36 @@ async def test_a_refused_session_is_an_error_never_a_fresh_login(server: SSHServ
     errors = [outcome for outcome in outcomes if isinstance(outcome, ssh.SSHError)]
     assert len(outcomes) == 12
     # At most 9 sessions and the guard's fit in MaxSessions: 3 or more were refused
-    # (more if a refused client held its session slot while another started).
+    # (more if a refused session held its slot while another started).
     assert len(errors) >= 3, outcomes
     assert all("could not be started" in str(error) for error in errors)
+    # What the master said: the server refused the session.
+    assert all("refused" in str(error) for error in errors), errors
+
+
+@pytest.mark.anyio
+async def test_sessions_at_the_servers_limit_are_never_refused(server: SSHServer) -> None:
+    """9 sessions and the guard's: all of the server's 10, each freed and at once asked
+    for again, 300 times. sshd may refuse the new one before it has freed the old (both
+    packets handled in one round); a refused session ran nothing, and is asked again."""
+    async with connected(server, max_sessions=9) as host, anyio.create_task_group() as tg:
+        for _ in range(300):
+            tg.start_soon(host.run_process, ["true"])
+
+
+@pytest.mark.anyio
+async def test_no_local_process_runs_for_a_command(server: SSHServer) -> None:
+    """Each command is a session asked of the master on its control socket: while
+    commands run, the master is our only child."""
+    async with connected(server) as host:
+        before = children_of_us()
+        assert host._master is not None
+        assert set(before) == {host._master.pid}
+        async with anyio.create_task_group() as tg:
+            for _ in range(3):
+                tg.start_soon(host.run_process, ["sleep", "0.5"])
+            await wait_until(lambda: commands_running(server, "sleep")[server.ports[0]] == 3)
+            assert set(children_of_us()) == {host._master.pid}
 
 
 @pytest.mark.anyio

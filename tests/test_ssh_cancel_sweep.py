@@ -57,6 +57,15 @@ async def run_through_cat(host: ssh.Host) -> None:
     assert result.stdout == DATA
 
 
+async def wait_for_cat(host: ssh.Host) -> None:
+    """A command still running when wait() is called: the wait on the control connection."""
+    async with host.open_process(["cat"], grace=GRACE) as cat:
+        assert cat.stdin is not None
+        await cat.stdin.send(DATA)
+        cat.stdin.close()
+        assert await cat.wait() == 0
+
+
 async def sweep_remote(
     sweep: Sweep, server: SSHServer, scenario: Callable[[ssh.Host], Awaitable[None]]
 ) -> int:
@@ -91,15 +100,16 @@ async def sweep_remote(
 
 
 async def step_remote(server: SSHServer, scenario: Callable[[ssh.Host], Awaitable[None]]) -> int:
-    """Cancel ``scenario`` after 0, 2, 4 ... ms until it completes: this reaches the awaits
-    that are not aioproc's fd waits (a session slot, ``ssh -O check``). Return the steps."""
+    """Cancel ``scenario`` after 0, 0.5, 1 ... ms until it completes: this reaches the awaits
+    that are not aioproc's fd waits (a session slot, the lock on the control connection).
+    Return the steps."""
     async with ssh.connect(server.host, config=server.config, grace=GRACE) as host:
         fds, children = open_fds(), set(children_of_us())
         step = 0
         while True:
             step += 1
             assert step < 2000, "the scenario never finished"
-            with anyio.move_on_after((step - 1) * 0.002) as scope:
+            with anyio.move_on_after((step - 1) * 0.0005) as scope:
                 await scenario(host)
             ended = time.monotonic()
             while commands_running(server, "cat"):
@@ -127,14 +137,21 @@ async def settle(fds: set[int], children: set[int], target: int) -> None:
 async def test_sweep_remote_open_process(server: SSHServer, sweep: Sweep) -> None:
     swept = await sweep_remote(sweep, server, talk_to_cat)
     print("swept", swept)
-    assert swept > 3
+    assert swept >= 3
 
 
 @pytest.mark.anyio
 async def test_sweep_remote_run_process(server: SSHServer, sweep: Sweep) -> None:
     swept = await sweep_remote(sweep, server, run_through_cat)
     print("swept", swept)
-    assert swept > 3
+    assert swept >= 3
+
+
+@pytest.mark.anyio
+async def test_sweep_remote_wait(server: SSHServer, sweep: Sweep) -> None:
+    swept = await sweep_remote(sweep, server, wait_for_cat)
+    print("swept", swept)
+    assert swept >= 2
 
 
 @pytest.mark.anyio

@@ -3,9 +3,9 @@
 The master is ``ssh -M -S CTL`` started as our own child with ``die_with_parent``,
 its control socket in a private 0700 directory under ``/tmp`` (ControlPath must
 stay under 104 bytes). Its own session runs the guard (see ``_scripts``). Every
-command is a multiplexed client, ``ssh -S CTL -o ControlMaster=no -o
-ProxyCommand=false``: if the master refuses a session, the client may not
-silently log in afresh, it fails. Commands queue at ``max_sessions`` so that the
+command is a session asked of the master on its control socket (``_mux``): no
+other ssh process runs, and there is no client that could fall back to a fresh
+login if the master refused. Commands queue at ``max_sessions`` so that the
 server's MaxSessions (default 10, one of which is the guard's) is never reached.
 """
 
@@ -26,7 +26,8 @@ import anyio
 from anyio import CancelScope, move_on_after
 
 from .._backends import current_backend
-from .._spawn import Process, check_grace, open_process
+from .._spawn import PipeReceiveStream, Process, check_grace, open_process
+from . import _mux
 from ._errors import SSHError
 from ._process import RemoteProcess, RemoteProcessOpener
 from ._scripts import READY, check_env, guard_script, prelude, quote_command
@@ -204,28 +205,6 @@ class Host:
         self._guard_dir: str | None = None
         self._stderr = bytearray()
         self._closed = False
-        # A multiplexed client needs nothing from the config files but what is
-        # here (and skipping them is faster): the master has the connection.
-        self._session_prefix = [
-            SSH,
-            "-S",
-            control,
-            "-F",
-            "none",
-            "-o",
-            "BatchMode=yes",
-            "-o",
-            "ControlMaster=no",
-            "-o",
-            "ProxyCommand=false",
-            "-o",
-            "LogLevel=ERROR",
-            "-T",
-            "-x",
-            "-e",
-            "none",
-            destination,
-        ]
 
     def __repr__(self) -> str:
         return f"<Host {self.destination!r}{' closed' if self._closed else ''}>"
@@ -298,12 +277,7 @@ class Host:
         with contextlib.suppress(OSError):
             os.write(stdin._fd, f"{int(sig)} {int(pgid)}\n".encode())  # type: ignore[attr-defined]
 
-    def _session_args(self, remote: str) -> list[str]:
-        return [*self._session_prefix, remote]
-
-    def _copy_stderr(self, client: Process, fd: int) -> None:
-        stream = client.stderr
-        assert stream is not None
+    def _copy_stderr(self, stream: PipeReceiveStream, fd: int) -> None:
         target = os.dup(fd)
 
         def done() -> None:
@@ -313,17 +287,10 @@ class Host:
         current_backend().spawn_system_task(lambda: _copy(stream, target), done)
 
     async def is_alive(self) -> bool:
-        """Whether the master connection is up (``ssh -O check``)."""
+        """Whether the master connection is up (what ``ssh -O check`` asks it)."""
         if self._master is None or self._master.returncode is not None:
             return False
-        result = await open_process(
-            [*self._session_prefix[:-1], "-O", "check", self.destination],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        async with result:
-            return await result.wait() == 0
+        return await _mux.alive(self.control_path)
 
     # -- commands -----------------------------------------------------------------------
 
@@ -467,7 +434,7 @@ class Host:
 
 
 async def _copy(stream: Any, fd: int) -> None:
-    """Copy a client's stderr to ``fd`` (a dup of ours or the user's) until EOF."""
+    """Copy a remote command's stderr to ``fd`` (a dup of ours or the user's) until EOF."""
     try:
         async for chunk in stream:
             view = memoryview(chunk)
