@@ -6,6 +6,7 @@ remote process of ours is left (by the server port in ``SSH_CONNECTION``).
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import os
 import shutil
@@ -23,7 +24,7 @@ import pytest
 import aioproc
 from aioproc import ssh
 
-from .helpers import children_of_us, helper_code
+from .helpers import children_of_us, helper_code, open_fds
 from .ssh_server import SSHServer, sshd_missing, start_server
 
 GRACE = 0.5  # the guard's grace in these tests, seconds
@@ -580,6 +581,24 @@ async def test_sessions_at_the_servers_limit_are_never_refused(server: SSHServer
     async with connected(server, max_sessions=9) as host, anyio.create_task_group() as tg:
         for _ in range(300):
             tg.start_soon(host.run_process, ["true"])
+
+
+@pytest.mark.anyio
+async def test_a_dropped_command_gives_its_session_back(server: SSHServer) -> None:
+    """Dropped without aclose(), a command warns (after its cleanup), its fds close, and
+    its session slot serves the next command: with 2 slots, 5 dropped commands do not
+    leave the host waiting for ever."""
+    async with connected(server, max_sessions=2) as host:
+        fds = open_fds()
+        with anyio.fail_after(20):
+            for _ in range(5):
+                with pytest.warns(ResourceWarning, match="dropped before it was closed"):
+                    process = await host.open_process(["sleep", "30"])
+                    del process
+                    gc.collect()
+            assert (await host.run_process(["echo", "next"])).stdout == b"next\n"
+        assert open_fds() == fds
+    # the server fixture checks that the dropped commands were stopped with the connection
 
 
 @pytest.mark.anyio

@@ -17,6 +17,7 @@ import shlex
 import shutil
 import subprocess
 import tempfile
+from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -201,6 +202,10 @@ class Host:
         self.max_sessions = max_sessions
         self._grace = grace
         self._slots = anyio.Semaphore(max_sessions)
+        # Slots of commands dropped unclosed: a finalizer may not touch the semaphore
+        # (it may run inside any call), so it appends here (atomic), and the next
+        # command gives them back first.
+        self._dropped: deque[None] = deque()
         self._master: Process | None = None
         self._guard_dir: str | None = None
         self._stderr = bytearray()
@@ -262,6 +267,12 @@ class Host:
         with move_on_after(self._grace + 5):
             await master.wait()
         await master.stop(grace=1)
+
+    async def _take_slot(self) -> None:
+        while self._dropped:
+            self._dropped.popleft()
+            self._slots.release()
+        await self._slots.acquire()
 
     def _require_open(self) -> str:
         if self._closed or self._guard_dir is None:

@@ -22,6 +22,7 @@ import errno
 import os
 import signal
 import subprocess
+import warnings
 from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -263,6 +264,23 @@ class RemoteProcess(Process):
                 stream.close()
         self._host._slots.release()
 
+    def __del__(self) -> None:
+        # Dropped without aclose(): its streams close themselves (the control
+        # connection with them: the master ends the session, and the guard stops the
+        # command when the connection ends). Its session slot goes back at the next
+        # command; nothing here may take a lock. The warning comes after that.
+        if getattr(self, "_released", True):
+            return
+        self._released = True
+        self._host._dropped.append(None)
+        warnings.warn(
+            f"<RemoteProcess pid={self._pgid} on {self._host.destination!r}> was dropped "
+            "before it was closed; use 'async with' or 'await process.aclose()'",
+            ResourceWarning,
+            stacklevel=1,
+            source=self,
+        )
+
 
 def _local_stderr(stderr: FileSpec) -> tuple[str, int | None]:
     """The remote redirection for ``stderr``, and the local fd to copy it to (None: no copy)."""
@@ -332,7 +350,7 @@ class RemoteProcessOpener(Opener[RemoteProcess]):
         )
         delay = _REFUSED_FIRST_DELAY
         while True:
-            await host._slots.acquire()
+            await host._take_slot()
             try:
                 process = _start(
                     self._command, host, wrapper, stdin, stdout, stderr, grace, self._deliver_cancel
