@@ -15,11 +15,12 @@ import logging
 import os
 import pickle
 import signal
+import socket
 import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import anyio
 import pytest
@@ -351,6 +352,26 @@ async def test_workers_that_die_as_they_start_break_the_pool_once(
             assert info.value.__cause__.returncode == 7
         with pytest.raises(PoolBroken):  # at once, every time: no loop of restarts
             await pool.run(add, 1)
+        await wait_until(lambda: not pool.pids)
+
+
+async def test_workers_killed_before_they_announce_themselves_break_the_pool_once(
+    anyio_backend: object, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker hands us its pipes itself, first thing; killed before that, the template's
+    report of its exit is all we hear of it: a start that failed, as above."""
+
+    def killed(*args: object) -> NoReturn:
+        os.kill(os.getpid(), signal.SIGKILL)
+        raise AssertionError("not reached")
+
+    # Only a new worker sends fds (the template and we only receive them).
+    monkeypatch.setattr(socket, "send_fds", killed)
+    async with ForkPool(2) as pool:
+        with anyio.fail_after(10), pytest.raises(PoolBroken, match="die as they start") as info:
+            await pool.run(add, 1)
+        assert isinstance(info.value.__cause__, ChildDied)
+        assert info.value.__cause__.returncode == -signal.SIGKILL
         await wait_until(lambda: not pool.pids)
 
 

@@ -7,16 +7,16 @@ Three kinds of process take part:
   task that awaits :meth:`ForkPool.run` (no dispatcher task in between);
 * the **template**, forked from the parent once, at ``__aenter__``: blocking
   code with no event loop, in a process group of its own, stdin on
-  ``/dev/null``. On request it forks a worker, hands the parent's ends of the
-  worker's two pipes over the control socket (``SCM_RIGHTS``), reaps its
-  workers and reports each exit status back, and signals a worker when asked:
-  the worker is its child, so a signal never reaches a recycled pid;
+  ``/dev/null``. On request it forks a worker (which hands the parent its ends
+  of its two pipes over the control socket, ``SCM_RIGHTS``, first thing),
+  reaps its workers and reports each exit status back, and signals a worker
+  when asked: the worker is its child, so a signal never reaches a recycled pid;
 * the **workers**: each reads a call, runs it, writes the outcome, and goes on
   until its request pipe ends. They are forked from the single-threaded
   template, so the parent's threads never matter after the pool starts.
 
 The template holds no worker's pipe ends when it forks the next one (it closes
-its copies once handed over), and every pipe end the parent holds is closed in
+its copies once the fork returns), and every pipe end the parent holds is closed in
 whatever the parent forks later: so closing a request pipe always reaches its
 worker as EOF.
 
@@ -594,6 +594,12 @@ class ForkPool:
     def _exited(self, pid: int, returncode: int) -> None:
         worker = self._workers.pop(pid, None)
         if worker is None:
+            # It died before it could hand us its pipes (see _fork_worker).
+            self._spawning = max(0, self._spawning - 1)
+            self._start_failed(ChildDied(pid, returncode))
+            if self._broken is None and self._state == "open":
+                self._spawn()
+            self._notify()
             return
         worker.returncode = returncode
         worker.exited.set()
@@ -1126,6 +1132,14 @@ def _fork_worker(
         sock.send(_RECORD.pack(_SPAWN_FAILED, 0, exc.errno or errno.EAGAIN))
         return
     if pid == 0:
+        # The worker hands the parent its ends itself, at once: the parent can talk
+        # to it before our fork() has returned here (0.3 to 0.5 ms later, measured).
+        # If it dies before this, our report of its exit is the first the parent
+        # hears of it; if after, that report comes after this record.
+        try:
+            socket.send_fds(sock, [_RECORD.pack(_SPAWNED, os.getpid(), 0)], [requests_w, results_r])
+        except OSError:
+            os._exit(0)  # the parent is gone
         os.close(requests_w)
         os.close(results_r)
         signal.set_wakeup_fd(-1)
@@ -1135,13 +1149,8 @@ def _fork_worker(
         os.close(sock.detach())
         _worker_main(requests_r, results_w, spec)
     workers.add(pid)
-    os.close(requests_r)
-    os.close(results_w)
-    try:
-        socket.send_fds(sock, [_RECORD.pack(_SPAWNED, pid, 0)], [requests_w, results_r])
-    finally:
-        os.close(requests_w)
-        os.close(results_r)
+    for fd in (requests_r, requests_w, results_r, results_w):
+        os.close(fd)
 
 
 def _worker_main(

@@ -74,20 +74,30 @@ _dropped: deque[Child] = deque()
 
 
 def _choose_mechanism() -> str:
-    from . import _kqueue, _pidfd
-
+    # Each module is imported only when it is asked about: the first child of a
+    # process (a pool's template, say) waits for this.
     forced = os.environ.get(_ENV_VAR, "").strip().lower()
     if forced:
         if forced not in _MECHANISMS:
             choices = ", ".join(_MECHANISMS)
             raise ValueError(f"{_ENV_VAR}={forced!r} names no child watcher; use one of {choices}")
-        if forced == "pidfd" and not _pidfd.available():
-            raise RuntimeError(f"{_ENV_VAR}=pidfd, but pidfd_open() is not usable here")
-        if forced == "kqueue" and not _kqueue.available():
-            raise RuntimeError(f"{_ENV_VAR}=kqueue, but this platform has no kqueue")
+        if forced == "pidfd":
+            from . import _pidfd
+
+            if not _pidfd.available():
+                raise RuntimeError(f"{_ENV_VAR}=pidfd, but pidfd_open() is not usable here")
+        if forced == "kqueue":
+            from . import _kqueue
+
+            if not _kqueue.available():
+                raise RuntimeError(f"{_ENV_VAR}=kqueue, but this platform has no kqueue")
         return forced
+    from . import _pidfd
+
     if _pidfd.available():
         return "pidfd"
+    from . import _kqueue
+
     if _kqueue.available():
         return "kqueue"
     return "thread"
