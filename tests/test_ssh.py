@@ -519,6 +519,18 @@ async def test_bad_input(server: SSHServer) -> None:
             await host.run_process(["true"], cwd="/no/such/dir")
         with pytest.raises(ValueError, match="grace"):
             await host.run_process(["true"], grace=-1)
+        # The stdio choices, named as locally; a closed fd before anything starts.
+        with pytest.raises(ValueError, match="stdin=STDOUT"):
+            await host.run_process(["true"], stdin=subprocess.STDOUT)
+        with pytest.raises(TypeError, match="stdout must be"):
+            await host.run_process(["true"], stdout="out.txt")  # type: ignore[arg-type]
+        closed = 999  # far above what the test opens (a just-closed fd is reused at once)
+        with pytest.raises(OSError):
+            os.fstat(closed)
+        for name in ("stdin", "stdout", "stderr"):
+            with pytest.raises(OSError, match=f"{name}={closed} is not an open"):
+                await host.run_process(["true"], **{name: closed})  # type: ignore[arg-type]
+        assert not commands_running(server, "true")
 
 
 # -- sessions, detach, fan_out -----------------------------------------------------------

@@ -290,18 +290,12 @@ def _local_stderr(stderr: FileSpec) -> tuple[str, int | None]:
         return "2>/dev/null", None
     if stderr == subprocess.STDOUT:
         return "2>&1", None
-    if stderr is None:
-        return "", 2
-    if isinstance(stderr, bool) or not isinstance(stderr, int):
-        fileno = getattr(stderr, "fileno", None)
-        if fileno is None:
-            raise TypeError(
-                f"stderr must be PIPE, DEVNULL, STDOUT, an fd, a file or None, not {stderr!r}"
-            )
-        return "", int(fileno())
-    if stderr < 0:
-        raise ValueError(f"stderr must be a valid fd, not {stderr!r}")
-    return "", stderr
+    if stderr is None:  # ours, as a local child inherits it; none open: nowhere
+        return ("", 2) if _is_open(2) else ("2>/dev/null", None)
+    fd = stderr if isinstance(stderr, int) else int(stderr.fileno())  # as check_file allows
+    if not _is_open(fd):
+        raise OSError(errno.EBADF, f"stderr={stderr!r} is not an open file descriptor")
+    return "", fd
 
 
 class RemoteProcessOpener(Opener[RemoteProcess]):
