@@ -525,7 +525,7 @@ async def test_bad_input(server: SSHServer) -> None:
         with pytest.raises(TypeError, match="stdout must be"):
             await host.run_process(["true"], stdout="out.txt")  # type: ignore[arg-type]
         closed = 999  # far above what the test opens (a just-closed fd is reused at once)
-        with pytest.raises(OSError):
+        with pytest.raises(OSError, match="Bad file descriptor"):
             os.fstat(closed)
         for name in ("stdin", "stdout", "stderr"):
             with pytest.raises(OSError, match=f"{name}={closed} is not an open"):

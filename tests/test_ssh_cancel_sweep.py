@@ -9,6 +9,7 @@ completes. After each run: no local child or fd left, and within grace plus
 from __future__ import annotations
 
 import os
+import subprocess
 import time
 from collections.abc import Awaitable, Callable
 
@@ -58,12 +59,19 @@ async def run_through_cat(host: ssh.Host) -> None:
 
 
 async def wait_for_cat(host: ssh.Host) -> None:
-    """A command still running when wait() is called: the wait on the control connection."""
-    async with host.open_process(["cat"], grace=GRACE) as cat:
-        assert cat.stdin is not None
-        await cat.stdin.send(DATA)
-        cat.stdin.close()
-        assert await cat.wait() == 0
+    """wait() called while the command runs (cat reads stdin until we close it, once
+    wait() is blocked): the wait on the control connection, whatever the load."""
+    async with host.open_process(["cat"], stdout=subprocess.DEVNULL, grace=GRACE) as cat:
+        stdin = cat.stdin
+        assert stdin is not None
+
+        async def close_stdin() -> None:
+            await anyio.wait_all_tasks_blocked()
+            stdin.close()
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(close_stdin)
+            assert await cat.wait() == 0
 
 
 async def sweep_remote(
@@ -137,14 +145,14 @@ async def settle(fds: set[int], children: set[int], target: int) -> None:
 async def test_sweep_remote_open_process(server: SSHServer, sweep: Sweep) -> None:
     swept = await sweep_remote(sweep, server, talk_to_cat)
     print("swept", swept)
-    assert swept >= 3
+    assert swept >= 2  # the handshake and the end at least; more when data is not there yet
 
 
 @pytest.mark.anyio
 async def test_sweep_remote_run_process(server: SSHServer, sweep: Sweep) -> None:
     swept = await sweep_remote(sweep, server, run_through_cat)
     print("swept", swept)
-    assert swept >= 3
+    assert swept >= 2  # the handshake and the end at least; more when data is not there yet
 
 
 @pytest.mark.anyio
