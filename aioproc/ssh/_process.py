@@ -100,7 +100,7 @@ class RemoteProcess(Process):
         self._failure: str | None = None  # why the master refused the session
         self._opened = False  # the master said the session is open
         self._ended = False  # the master closed the control connection
-        self._reading = anyio.Lock()
+        self._reading = anyio.Lock()  # its acquire is a checkpoint: wait() always is one
         self._returncode: int | None = None
         self._error: SSHError | None = None
         self._last_signal: int | None = None
