@@ -145,21 +145,21 @@ async def settle(fds: set[int], children: set[int], target: int) -> None:
 async def test_sweep_remote_open_process(server: SSHServer, sweep: Sweep) -> None:
     swept = await sweep_remote(sweep, server, talk_to_cat)
     print("swept", swept)
-    assert swept >= 2  # the handshake and the end at least; more when data is not there yet
+    assert swept >= 1  # closing stdin is one; the others only wait if data is not there yet
 
 
 @pytest.mark.anyio
 async def test_sweep_remote_run_process(server: SSHServer, sweep: Sweep) -> None:
     swept = await sweep_remote(sweep, server, run_through_cat)
     print("swept", swept)
-    assert swept >= 2  # the handshake and the end at least; more when data is not there yet
+    assert swept >= 1  # closing stdin is one; the others only wait if data is not there yet
 
 
 @pytest.mark.anyio
 async def test_sweep_remote_wait(server: SSHServer, sweep: Sweep) -> None:
     swept = await sweep_remote(sweep, server, wait_for_cat)
     print("swept", swept)
-    assert swept >= 2
+    assert swept >= 1  # the wait for cat, which reads stdin until wait() has begun
 
 
 @pytest.mark.anyio
