@@ -530,6 +530,8 @@ async def test_bad_input(server: SSHServer) -> None:
         for name in ("stdin", "stdout", "stderr"):
             with pytest.raises(OSError, match=f"{name}={closed} is not an open"):
                 await host.run_process(["true"], **{name: closed})  # type: ignore[arg-type]
+        with pytest.raises(ValueError, match="more than ssh takes"):
+            await host.run_process(["echo", "x" * 300_000])  # past the master's 256 KiB
         assert not commands_running(server, "true")
 
 
