@@ -5,8 +5,8 @@ socket (``_mux``) with our pipes as its stdin, stdout and stderr: no local
 process runs for it. The remote command is the wrapper of ``_scripts``; its
 stderr starts with one line of ours, ``aioproc-pgid N``, and then carries the
 command's own stderr. ``pid`` is that remote process group id (the remote
-command's own pid). Signals go to the guard as ``SIGNAL PGID`` lines: a
-session cannot carry them.
+command's own pid). Signals go to the guard as ``SIGNAL PGID`` lines: the
+multiplexing protocol has no way to send SSH's ``signal`` request.
 
 The exit status comes on the control connection, which the master closes once
 the session is over and all its output written: that is when :meth:`wait`
