@@ -618,7 +618,7 @@ async def test_a_dropped_command_gives_its_session_back(server: SSHServer) -> No
 @pytest.mark.anyio
 async def test_no_local_process_runs_for_a_command(server: SSHServer) -> None:
     """Each command is a session asked of the master on its control socket: while
-    commands run, the master is our only child."""
+    commands run, no child of ours starts (the master is the connection's only one)."""
     async with connected(server) as host:
         before = set(children_of_us())  # the master, and whatever the test worker had
         assert host._master is not None
