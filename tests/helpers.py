@@ -6,6 +6,7 @@ import os
 import signal
 import sys
 import threading
+from collections.abc import Callable
 
 import anyio
 
@@ -72,6 +73,21 @@ def pid_alive(pid: int) -> bool:
     return stat[stat.rindex(")") + 2] != "Z"
 
 
+async def wait_until(predicate: Callable[[], object], within: float = 30.0) -> None:
+    """Poll ``predicate`` until it is true; ``within`` bounds the wait, it measures nothing."""
+    with anyio.fail_after(within):
+        while not predicate():
+            await anyio.sleep(0.005)
+
+
+def _comm(pid: int) -> str | None:
+    try:
+        with open(f"/proc/{pid}/comm") as f:
+            return f.read().strip()
+    except OSError:
+        return None
+
+
 async def running(pid: int, program: str, within: float = 30.0) -> None:
     """Wait until ``pid`` runs ``program`` (its ``/proc`` name): past any wrapper's exec.
 
@@ -79,15 +95,7 @@ async def running(pid: int, program: str, within: float = 30.0) -> None:
     or a shell), which may die of it differently; a fixed sleep is not enough on
     a loaded machine.
     """
-    with anyio.fail_after(within):
-        while True:
-            try:
-                with open(f"/proc/{pid}/comm") as f:
-                    if f.read().strip() == program:
-                        return
-            except OSError:
-                pass
-            await anyio.sleep(0.005)
+    await wait_until(lambda: _comm(pid) == program, within)
 
 
 def py(code: str) -> list[str]:

@@ -29,14 +29,12 @@ import uvloop
 import aioproc
 from aioproc import ChildDied, ForkPool, PoolBroken
 
-from .helpers import children_of_us, open_fds, pid_alive
+from .helpers import children_of_us, open_fds, pid_alive, wait_until
 
 # anyio's pytest plugin runs trio in guest mode, where trio waits for I/O in a
 # thread of its own: the pool's default thread policy warns about it. The
 # tests of that policy record the warning themselves.
 pytestmark = pytest.mark.filterwarnings(r"ignore:aioproc\.ForkPool.* other thread:RuntimeWarning")
-
-WAIT = 30  # seconds: a bound for waiting on an event, never a measured outcome
 
 
 # -- what the workers run ---------------------------------------------------------------
@@ -142,12 +140,6 @@ def _exists(fd: int) -> bool:
 def running(pool: ForkPool) -> int:
     """How many calls run in workers now."""
     return sum(worker.call is not None for worker in pool._workers.values())
-
-
-async def wait_until(predicate: Any) -> None:
-    with anyio.fail_after(WAIT):
-        while not predicate():
-            await anyio.sleep(0.005)
 
 
 # -- results ----------------------------------------------------------------------------

@@ -24,7 +24,7 @@ import pytest
 import aioproc
 from aioproc import ssh
 
-from .helpers import children_of_us, helper_code, open_fds
+from .helpers import children_of_us, helper_code, open_fds, wait_until
 from .ssh_server import SSHServer, sshd_missing, start_server
 
 GRACE = 0.5  # the guard's grace in these tests, seconds
@@ -94,12 +94,6 @@ def commands_running(server: SSHServer, name: str) -> Counter[int]:
 def read_file(path: str) -> bytes:
     with open(path, "rb") as f:
         return f.read()
-
-
-async def wait_until(predicate: object, within: float = 10.0) -> None:
-    with anyio.fail_after(within):
-        while not predicate():  # type: ignore[operator]
-            await anyio.sleep(0.01)
 
 
 # -- the connection ----------------------------------------------------------------------
